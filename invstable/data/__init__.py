@@ -1,0 +1,1 @@
+"""Data: phantoms, natural-image crops, users' images, paired datasets and HDF5 storage."""

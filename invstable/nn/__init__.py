@@ -1,0 +1,1 @@
+"""Stable layers: discretised stable dynamical systems with certified Lipschitz bounds."""
