@@ -50,7 +50,8 @@ def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torc
 
 def as_alpha(alpha, batch: int, like: torch.Tensor, name: str = "alpha") -> torch.Tensor:
     """A positive regularisation weight per sample, shape ``(batch,)``."""
-    a = torch.as_tensor(alpha if not isinstance(alpha, np.ndarray) else np.asarray(alpha, dtype=np.float64))
+    # through float64, so that a Python float keeps its precision in a float64 solve
+    a = alpha.detach() if isinstance(alpha, torch.Tensor) else torch.as_tensor(np.asarray(alpha, dtype=np.float64))
     a = a.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32).reshape(-1)
     if a.numel() not in (1, batch):
         raise ValueError(f"{name} must be a number or one value per sample ({batch}), got {a.numel()} values")
