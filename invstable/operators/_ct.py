@@ -1,0 +1,211 @@
+"""Parallel-beam computed tomography: the Radon transform as a precomputed sparse projector."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from ._base import Operator, check_tensor
+from .functional._radon import angles_in_degrees, backprojector_matrix, default_detectors, projector_matrix
+
+# Lanczos (ARPACK) converges to the largest singular value from below to about its tolerance; the margin
+# covers that and the float32 rounding of the stored matrix.
+_NORM_MARGIN = 1e-6
+
+
+@functools.lru_cache(maxsize=8)
+def _geometry(image_size: int, theta_key: tuple[float, ...], detectors: int):
+    """Projector (CSR, float64), its transpose, and its largest singular value, cached per geometry."""
+    theta = np.asarray(theta_key)
+    proj = projector_matrix(image_size, theta, detectors)
+    proj_t = proj.T.tocsr()
+    v0 = np.random.default_rng(0).standard_normal(min(proj.shape))
+    sigma = spla.svds(proj, k=1, tol=1e-12, return_singular_vectors=False, v0=v0)[0]
+    return proj, proj_t, float(sigma)
+
+
+@functools.lru_cache(maxsize=8)
+def _backprojector(image_size: int, theta_key: tuple[float, ...], detectors: int) -> sp.csr_matrix:
+    return backprojector_matrix(image_size, np.asarray(theta_key), detectors)
+
+
+def _to_torch_csr(matrix: sp.csr_matrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # int32 indices halve the memory traffic of the product and are twice as fast on CPU
+    index = torch.int32 if matrix.nnz < 2**31 - 1 else torch.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)).to(index),
+            torch.from_numpy(matrix.indices.astype(np.int64)).to(index),
+            torch.from_numpy(matrix.data).to(dtype),
+            size=matrix.shape, check_invariants=False,
+        ).to(device)
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``M @ X`` for a sparse ``M`` with a stored transpose, so that the backward pass is ``M^T @ G``."""
+
+    @staticmethod
+    def forward(ctx, x, matrix, matrix_t):
+        ctx.matrix_t = matrix_t
+        ctx.matrix = matrix
+        return matrix @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.matrix_t @ grad, None, None
+
+
+class ParallelBeamCT(Operator):
+    r"""Parallel-beam Radon transform of square images, with an exact adjoint.
+
+    Parameters
+    ----------
+    image_size : int
+        Side ``n`` of the ``n x n`` images.
+    angles : int or sequence of float
+        Number of angles uniform in [0°, 180°), or the angles in degrees.
+    detectors : int, optional
+        Number of unit-width detector cells, centred on the rotation centre. Default: the image diagonal,
+        ``ceil(sqrt(2) n)`` (the size of :func:`skimage.transform.radon` with ``circle=False``).
+    normalize : bool, default True
+        Scale the operator so that its spectral norm is 1. The factor is ``self.scale``: the sinogram of
+        :func:`skimage.transform.radon` is ``op.A(x) / op.scale``.
+    noise_model : deepinv.physics.NoiseModel, optional
+        deepinv noise model applied by ``op(x)``; ``op.A(x)`` is noiseless.
+
+    Notes
+    -----
+    The ray of angle :math:`\theta` through detector offset :math:`t` is sampled at unit steps :math:`s`
+    at the point :math:`c + t(\cos\theta, -\sin\theta) + s(\sin\theta, \cos\theta)` (column, row), with
+    bilinear interpolation and zeros outside the image, exactly as ``skimage.transform.radon``. The samples
+    form a sparse matrix, built once per geometry (cached) and applied with sparse-dense products; the
+    adjoint is the product with its stored transpose, so it is exact up to the rounding of the sums.
+    A sparse projector is faster than a matrix-free rotation on CPU for the sizes of the protocols
+    (128 x 128) and costs :math:`O(n^2 \cdot \text{angles} \cdot 3)` memory: about 26 MB in float32 for CT-180 at
+    128, ten times that at 512 x 512 with 180 angles.
+
+    Measurements have shape ``(B, C, detectors, angles)`` for images of shape ``(B, C, n, n)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.operators import ParallelBeamCT
+    >>> op = ParallelBeamCT(64, 30)
+    >>> y = op.A(torch.rand(2, 1, 64, 64))
+    >>> tuple(y.shape)
+    (2, 1, 91, 30)
+    """
+
+    name = "ct"
+    measurement_ndim = 4
+
+    def __init__(self, image_size: int, angles, *, detectors: int | None = None, normalize: bool = True,
+                 noise_model=None, **kwargs):
+        if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 2:
+            raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}")
+        theta = angles_in_degrees(angles)
+        if detectors is None:
+            detectors = default_detectors(int(image_size))
+        if isinstance(detectors, bool) or not isinstance(detectors, (int, np.integer)) or detectors < 2:
+            raise ValueError(f"detectors must be an integer >= 2, got {detectors!r}")
+        super().__init__(noise_model=noise_model, **kwargs)
+        self.image_size = int(image_size)
+        self.detectors = int(detectors)
+        self.normalize = bool(normalize)
+        self._theta_key = tuple(float(a) for a in theta)
+        self.register_buffer("angles", torch.tensor(theta, dtype=torch.float64))
+        _, _, sigma = _geometry(self.image_size, self._theta_key, self.detectors)
+        self._sigma = sigma
+        #: factor applied to the Radon transform (1 / ||R|| when normalised, else 1)
+        self.scale = 1.0 / sigma if self.normalize else 1.0
+        self._cache: dict = {}
+
+    @property
+    def n_angles(self) -> int:
+        return len(self._theta_key)
+
+    def config(self) -> dict:
+        return {"name": self.name, "params": {
+            "image_size": self.image_size, "angles": list(self._theta_key), "detectors": self.detectors,
+            "normalize": self.normalize,
+        }}
+
+    def norm_bound(self) -> float:
+        """Largest singular value (ARPACK, tolerance 1e-12) times ``scale``, plus a relative margin of 1e-6."""
+        return self._sigma * self.scale * (1.0 + _NORM_MARGIN)
+
+    def measurement_shape(self, x_shape):
+        return (*x_shape[:-2], self.detectors, self.n_angles)
+
+    def image_shape(self, y_shape):
+        return (*y_shape[:-2], self.image_size, self.image_size)
+
+    def _matrices(self, which: str, dtype: torch.dtype, device: torch.device):
+        key = (which, dtype, device)
+        if key not in self._cache:
+            if which == "backprojector":
+                mats = (_backprojector(self.image_size, self._theta_key, self.detectors),)
+            else:
+                proj, proj_t, _ = _geometry(self.image_size, self._theta_key, self.detectors)
+                mats = (proj, proj_t) if which == "projector" else (proj_t, proj)
+            self._cache[key] = tuple(_to_torch_csr(m, dtype, device) for m in mats)
+        return self._cache[key]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = {}  # moved or cast: rebuild the torch matrices lazily on the new device
+        return super()._apply(fn, *args, **kwargs)
+
+    def _product(self, which: str, t: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        compute = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
+        lead = t.shape[:-2]
+        flat = t.reshape(-1, t.shape[-2] * t.shape[-1]).to(compute).T
+        mats = self._matrices(which, compute, t.device)
+        if which == "backprojector":
+            out = mats[0] @ flat
+        else:
+            out = _SparseProduct.apply(flat, *mats)
+        return out.T.reshape(*lead, *out_hw).to(t.dtype)
+
+    def check_image(self, x: torch.Tensor, name: str = "x") -> None:
+        check_tensor(x, name)
+        if x.is_complex() or x.ndim < 3 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}{' (complex)' if x.is_complex() else ''} but "
+                f"ParallelBeamCT(image_size={self.image_size}) takes real images of shape "
+                f"(B, C, {self.image_size}, {self.image_size})"
+            )
+
+    def check_measurement(self, y: torch.Tensor, name: str = "y") -> None:
+        check_tensor(y, name)
+        expected = (self.detectors, self.n_angles)
+        if y.is_complex() or y.ndim < 3 or tuple(y.shape[-2:]) != expected:
+            raise ValueError(
+                f"{name} has shape {tuple(y.shape)} but the operator produces (B, C, {expected[0]}, {expected[1]}); "
+                f"pass a sinogram from ParallelBeamCT(image_size={self.image_size}, angles={self.n_angles}) "
+                f"with detectors on axis -2 and angles on axis -1"
+            )
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.check_image(x)
+        y = self._product("projector", x, (self.detectors, self.n_angles))
+        return y * self.scale if self.scale != 1.0 else y
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.check_measurement(y)
+        x = self._product("adjoint", y, (self.image_size, self.image_size))
+        return x * self.scale if self.scale != 1.0 else x
+
+    def backproject(self, y: torch.Tensor) -> torch.Tensor:
+        """Pixel-driven back-projection of (filtered) projections, in the units of the unscaled transform.
+
+        This is the back-projection of :func:`skimage.transform.iradon` (linear interpolation on the
+        detector); it is not ``A_adjoint``. Used by :func:`invstable.fbp`.
+        """
+        self.check_measurement(y)
+        return self._product("backprojector", y, (self.image_size, self.image_size))

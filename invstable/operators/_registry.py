@@ -1,0 +1,111 @@
+"""Named operators: built-ins and those other packages register through the ``invstable.operators``
+entry-point group. The CLI and saved models rebuild their operator through this registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import entry_points
+from typing import Callable
+
+from ._blur import Blur, gaussian_kernel
+from ._ct import ParallelBeamCT
+from ._gradient import Gradient
+
+ENTRY_POINT_GROUP = "invstable.operators"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    factory: Callable
+    #: keyword arguments of a small instance and the shape of one of its images, for contract tests
+    example: dict | None
+    example_in_shape: tuple | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_entry_points_loaded = False
+
+
+def register_operator(name: str, factory: Callable, *, example: dict | None = None,
+                      example_in_shape: tuple | None = None, overwrite: bool = False) -> None:
+    """Register ``factory(**params)`` under ``name``.
+
+    ``example`` (keyword arguments of a small instance) and ``example_in_shape`` (the shape of one of its
+    images) let the contract tests check every registered operator.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an operator name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for {name!r} must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"an operator named {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[name] = _Entry(factory, example, None if example_in_shape is None else tuple(example_in_shape))
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            target = ep.load()
+        except Exception as err:  # noqa: BLE001 (a broken plugin must not break invstable)
+            def target(*_, _err=err, _ep=ep, **__):
+                raise ImportError(f"operator {_ep.name!r} from entry point {_ep.value!r} failed to load: {_err}")
+        example = getattr(target, "invstable_example", None)
+        in_shape = getattr(target, "invstable_example_in_shape", None)
+        register_operator(ep.name, target, example=example, example_in_shape=in_shape)
+
+
+def available_operators() -> list[str]:
+    """Names of the registered operators, plugins included."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def operator_example(name: str) -> tuple[dict, tuple] | None:
+    """The small instance a registered operator declared for tests: ``(params, in_shape)`` or ``None``."""
+    _load_entry_points()
+    entry = _REGISTRY[name]
+    if entry.example is None or entry.example_in_shape is None:
+        return None
+    return dict(entry.example), entry.example_in_shape
+
+
+def make_operator(name: str, /, **params):
+    """Build the registered operator ``name`` with ``params``; ``make_operator(**op.config())`` rebuilds ``op``.
+
+    Examples
+    --------
+    >>> op = make_operator("ct", image_size=32, angles=10)
+    >>> make_operator(**op.config()).config() == op.config()
+    True
+    """
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown operator {name!r}; registered operators are {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name].factory(**params)
+
+
+def _blur(*, image_size, kernel=None, sigma=None, kernel_size=None, boundary="circular"):
+    if (kernel is None) == (sigma is None):
+        raise ValueError("the 'blur' operator needs exactly one of kernel= (2-D array) and sigma= (Gaussian)")
+    if kernel is None:
+        kernel = gaussian_kernel(sigma, kernel_size)
+    return Blur(kernel, image_size, boundary=boundary)
+
+
+def _ct(*, image_size, angles, detectors=None, normalize=True):
+    return ParallelBeamCT(image_size, angles, detectors=detectors, normalize=normalize)
+
+
+def _gradient(*, boundary="circular"):
+    return Gradient(boundary=boundary)
+
+
+register_operator("ct", _ct, example={"image_size": 16, "angles": 7}, example_in_shape=(1, 16, 16))
+register_operator("blur", _blur, example={"image_size": [12, 10], "sigma": 1.0}, example_in_shape=(2, 12, 10))
+register_operator("gradient", _gradient, example={"boundary": "neumann"}, example_in_shape=(1, 9, 8))

@@ -1,0 +1,230 @@
+"""Turning what a user has (a deepinv physics, a pair of callables, a matrix) into an operator."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+from deepinv.physics import LinearPhysics, Physics
+
+from ._base import Operator, check_tensor
+
+
+def _shape_tuple(in_shape, what: str = "in_shape") -> tuple[int, ...]:
+    if isinstance(in_shape, (int, np.integer)):
+        in_shape = (int(in_shape),)
+    try:
+        shape = tuple(int(v) for v in in_shape)
+    except TypeError:
+        raise TypeError(f"{what} must be a tuple of positive ints (one sample, no batch axis), got {in_shape!r}")
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{what} must be a non-empty tuple of positive ints (one sample, no batch axis), got {shape}")
+    return shape
+
+
+class MatrixOperator(Operator):
+    r"""A matrix ``M`` of shape ``(m, n)`` acting on flattened images: ``A x = M vec(x)``.
+
+    Parameters
+    ----------
+    matrix : torch.Tensor (dense or sparse), numpy.ndarray or scipy.sparse matrix, shape (m, n)
+    in_shape : tuple of int, optional
+        Shape of one image (no batch axis), with ``prod(in_shape) == n``; default ``(n,)``.
+
+    Notes
+    -----
+    Images have shape ``(B, *in_shape)`` and measurements ``(B, m)``. The norm bound is exact (dense SVD, or
+    ARPACK for sparse matrices) with a relative margin of 1e-9.
+    """
+
+    measurement_ndim = 2
+
+    def __init__(self, matrix, in_shape=None, **kwargs):
+        if sp.issparse(matrix):
+            csr = sp.csr_matrix(matrix)
+            dtype = torch.float64 if csr.dtype == np.float64 else torch.float32
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                sparse = torch.sparse_csr_tensor(
+                    torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int64)),
+                    torch.from_numpy(np.asarray(csr.data, dtype=np.float64)).to(dtype), size=csr.shape,
+                    check_invariants=False,
+                )
+            dense = None
+            shape = csr.shape
+        else:
+            t = matrix if isinstance(matrix, torch.Tensor) else torch.as_tensor(np.asarray(matrix))
+            if t.ndim != 2:
+                raise ValueError(f"a matrix operator needs a 2-D matrix (m, n), got shape {tuple(t.shape)}")
+            if t.layout != torch.strided:
+                dense, sparse = None, t.to_sparse_csr()
+            else:
+                dense, sparse = t, None
+            shape = tuple(t.shape)
+        probe = dense if dense is not None else sparse.values()
+        if not probe.is_floating_point():
+            raise TypeError(f"matrix has dtype {probe.dtype}; pass a floating-point matrix (e.g. M.astype(float))")
+        check_tensor(probe, "matrix")
+        m, n = shape
+        in_shape = (n,) if in_shape is None else _shape_tuple(in_shape)
+        if math.prod(in_shape) != n:
+            raise ValueError(
+                f"matrix has {n} columns but in_shape {in_shape} has {math.prod(in_shape)} elements; pass the "
+                f"shape of one image whose flattening has {n} entries"
+            )
+        super().__init__(**kwargs)
+        self.in_shape = in_shape
+        self.out_size = m
+        if dense is not None:
+            self.register_buffer("matrix", dense.clone())
+            self._sparse = None
+        else:
+            self.matrix = None
+            self._sparse = sparse
+        self._norm = None
+
+    def _apply(self, fn, *args, **kwargs):
+        if getattr(self, "_sparse", None) is not None:
+            self._sparse = fn(self._sparse)
+        return super()._apply(fn, *args, **kwargs)
+
+    def _mat(self, like: torch.Tensor) -> torch.Tensor:
+        mat = self.matrix if self.matrix is not None else self._sparse
+        return mat.to(device=like.device, dtype=like.dtype)
+
+    def measurement_shape(self, x_shape):
+        return (x_shape[0], self.out_size)
+
+    def image_shape(self, y_shape):
+        return (y_shape[0], *self.in_shape)
+
+    def norm_bound(self) -> float:
+        if self._norm is None:
+            if self.matrix is not None:
+                value = float(torch.linalg.matrix_norm(self.matrix.double().cpu(), ord=2))
+            else:
+                s = self._sparse.cpu().to(torch.float64)
+                csr = sp.csr_matrix((s.values().numpy(), s.col_indices().numpy(), s.crow_indices().numpy()),
+                                    shape=tuple(s.shape))
+                if min(csr.shape) <= 2:
+                    value = float(np.linalg.norm(csr.toarray(), 2))
+                else:
+                    v0 = np.random.default_rng(0).standard_normal(min(csr.shape))
+                    value = float(spla.svds(csr, k=1, tol=1e-12, return_singular_vectors=False, v0=v0)[0])
+            self._norm = value * (1 + 1e-9)
+        return self._norm
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        check_tensor(x, "x")
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but this matrix operator takes (B, {', '.join(map(str, self.in_shape))})"
+            )
+        flat = x.reshape(x.shape[0], -1)
+        return (self._mat(x) @ flat.T).T
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        check_tensor(y, "y")
+        if y.ndim != 2 or y.shape[1] != self.out_size:
+            raise ValueError(
+                f"y has shape {tuple(y.shape)} but the operator produces (B, {self.out_size}); pass measurements "
+                f"with a batch axis and {self.out_size} entries each"
+            )
+        mat = self._mat(y)
+        out = (mat.T @ y.T).T if mat.layout == torch.strided else (mat.t() @ y.T).T
+        return out.reshape(y.shape[0], *self.in_shape)
+
+
+class CallableOperator(Operator):
+    """An operator from a pair of callables ``(forward, adjoint)`` acting on ``(B, *in_shape)`` tensors.
+
+    The pair is checked for adjointness when the operator is built (see :func:`check_operator`); a pair that
+    is not adjoint raises :class:`AdjointMismatchError`.
+    """
+
+    def __init__(self, forward: Callable, adjoint: Callable, in_shape, *, tol: float | None = None,
+                 check: bool = True, **kwargs):
+        if not callable(forward) or not callable(adjoint):
+            raise TypeError(
+                f"forward and adjoint must be callables, got {type(forward).__name__} and {type(adjoint).__name__}"
+            )
+        super().__init__(**kwargs)
+        self._forward = forward
+        self._adjoint = adjoint
+        self.in_shape = _shape_tuple(in_shape)
+        self._norm = None
+        if check:
+            from ._check import check_operator  # noqa: PLC0415 (the check needs the class defined)
+
+            check_operator(self, self.in_shape, tol=tol)
+
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._forward(x)
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._adjoint(y)
+
+    def measurement_shape(self, x_shape):
+        with torch.no_grad():
+            return tuple(self._forward(torch.zeros(x_shape)).shape)
+
+    def image_shape(self, y_shape):
+        return (y_shape[0], *self.in_shape)
+
+
+def as_operator(obj, *, in_shape=None) -> LinearPhysics:
+    """Turn what a user has into an operator that invstable (and deepinv) can use.
+
+    Parameters
+    ----------
+    obj : deepinv.physics.LinearPhysics, (callable, callable), or a 2-D matrix
+        A deepinv linear physics is returned as it is. A pair ``(forward, adjoint)`` of callables on
+        ``(B, *in_shape)`` tensors becomes a :class:`CallableOperator` (its adjointness is checked). A matrix
+        (torch dense or sparse, numpy, scipy.sparse) of shape ``(m, n)`` becomes a :class:`MatrixOperator`
+        acting on flattened images.
+    in_shape : tuple of int, optional
+        Shape of one image, without batch axis: required for callables, optional for a matrix.
+
+    Returns
+    -------
+    deepinv.physics.LinearPhysics
+
+    Raises
+    ------
+    TypeError
+        For a non-linear physics or anything else that is not one of the above.
+    AdjointMismatchError
+        For a callable pair that is not adjoint.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> op = as_operator(np.eye(4), in_shape=(2, 2))
+    >>> op.A(__import__("torch").ones(1, 2, 2)).shape
+    torch.Size([1, 4])
+    """
+    if isinstance(obj, LinearPhysics):
+        return obj
+    if isinstance(obj, Physics):
+        raise TypeError(
+            f"{type(obj).__name__} is a non-linear deepinv Physics; invstable certifies reconstructions for linear "
+            f"operators only (deepinv.physics.LinearPhysics)"
+        )
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(callable(f) for f in obj):
+        if in_shape is None:
+            raise ValueError(
+                "a (forward, adjoint) pair needs in_shape, the shape of one image without batch axis, "
+                "e.g. as_operator((fwd, adj), in_shape=(1, 64, 64))"
+            )
+        return CallableOperator(obj[0], obj[1], in_shape)
+    if sp.issparse(obj) or isinstance(obj, (torch.Tensor, np.ndarray)):
+        return MatrixOperator(obj, in_shape)
+    raise TypeError(
+        f"cannot make an operator from {type(obj).__name__}; pass a deepinv LinearPhysics, a pair of callables "
+        f"(forward, adjoint) with in_shape, or a 2-D matrix (torch, numpy or scipy.sparse)"
+    )

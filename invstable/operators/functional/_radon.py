@@ -1,0 +1,121 @@
+"""Pure kernels of the parallel-beam Radon transform: the ray-driven projector and the pixel-driven
+back-projector, built once as sparse matrices.
+
+Both follow the conventions of :func:`skimage.transform.radon` with ``circle=False`` and of
+:func:`skimage.transform.iradon`: angles in degrees, detector ``k`` at signed distance
+``k - detectors // 2`` (pixel units) from the rotation centre, which is pixel ``(n // 2, n // 2)`` of the
+image, and bilinear interpolation with zeros outside the image.
+
+Notes
+-----
+For an angle :math:`\\theta` and detector offset :math:`t`, the ray is sampled at unit steps
+:math:`s`, at the point (column, row) :math:`c + (t\\cos\\theta + s\\sin\\theta,\\; -t\\sin\\theta + s\\cos\\theta)`,
+and the projection is the sum of the bilinearly interpolated samples. The projector is therefore a sparse
+matrix with at most four non-zeros per sample; its transpose is the exact adjoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def default_detectors(image_size: int) -> int:
+    """Detector count covering the image diagonal (skimage's padded size for ``circle=False``)."""
+    return image_size + int(math.ceil(math.sqrt(2.0) * image_size - image_size))
+
+
+def angles_in_degrees(angles) -> np.ndarray:
+    """``n`` -> ``n`` angles uniform in [0, 180) degrees; an array of degrees is passed through."""
+    if isinstance(angles, (int, np.integer)) and not isinstance(angles, bool):
+        if angles < 1:
+            raise ValueError(f"angles must be a positive count or a list of degrees, got {angles}")
+        return np.linspace(0.0, 180.0, int(angles), endpoint=False)
+    theta = np.asarray(angles, dtype=np.float64).reshape(-1)
+    if theta.size == 0 or not np.all(np.isfinite(theta)):
+        raise ValueError(f"angles must be a positive count or a non-empty list of finite degrees, got {angles!r}")
+    return theta
+
+
+def _bilinear(rows: np.ndarray, cols: np.ndarray, n: int):
+    """Pixel indices and weights of bilinear interpolation at (rows, cols); zero outside the n x n grid."""
+    r0 = np.floor(rows)
+    c0 = np.floor(cols)
+    fr = rows - r0
+    fc = cols - c0
+    r0 = r0.astype(np.int64)
+    c0 = c0.astype(np.int64)
+    out_idx, out_w, out_k = [], [], []
+    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        r, c = r0 + dr, c0 + dc
+        keep = (r >= 0) & (r < n) & (c >= 0) & (c < n) & (w != 0)
+        out_idx.append(r[keep] * n + c[keep])
+        out_w.append(w[keep])
+        out_k.append(np.nonzero(keep)[0])
+    return np.concatenate(out_k), np.concatenate(out_idx), np.concatenate(out_w)
+
+
+def projector_matrix(image_size: int, theta: np.ndarray, detectors: int) -> sp.csr_matrix:
+    """Sparse ray-driven projector of shape ``(detectors * len(theta), image_size ** 2)`` in float64.
+
+    Row ``k * len(theta) + j`` is detector ``k`` at angle ``theta[j]``, so that reshaping the product to
+    ``(detectors, len(theta))`` gives skimage's sinogram layout.
+    """
+    n = image_size
+    centre = n // 2
+    length = default_detectors(n)  # samples along each ray cover the image diagonal
+    s = np.arange(length, dtype=np.float64) - length // 2
+    t = np.arange(detectors, dtype=np.float64) - detectors // 2
+    n_angles = len(theta)
+    rows_out, cols_out, vals_out = [], [], []
+    tt, ss = np.meshgrid(t, s, indexing="ij")  # (detectors, length)
+    det_index = np.repeat(np.arange(detectors), length)
+    for j, angle in enumerate(np.deg2rad(theta)):
+        cos_a, sin_a = math.cos(angle), math.sin(angle)
+        col = centre + tt * cos_a + ss * sin_a
+        row = centre - tt * sin_a + ss * cos_a
+        k, pix, w = _bilinear(row.reshape(-1), col.reshape(-1), n)
+        rows_out.append(det_index[k] * n_angles + j)
+        cols_out.append(pix)
+        vals_out.append(w)
+    matrix = sp.coo_matrix(
+        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
+        shape=(detectors * n_angles, n * n),
+    )
+    return matrix.tocsr()  # sums the duplicates: samples of one ray that share a pixel
+
+
+def backprojector_matrix(image_size: int, theta: np.ndarray, detectors: int) -> sp.csr_matrix:
+    """Sparse pixel-driven back-projector of shape ``(image_size ** 2, detectors * len(theta))``.
+
+    Each pixel takes, for every angle, the linearly interpolated value of the projection at its detector
+    coordinate ``t = x cos(theta) - y sin(theta)`` (zero beyond the detector), as in
+    :func:`skimage.transform.iradon`. It is not the adjoint of the projector; it is what filtered
+    back-projection uses.
+    """
+    n = image_size
+    centre = n // 2
+    n_angles = len(theta)
+    y, x = np.mgrid[:n, :n].astype(np.float64) - centre  # y: row offset, x: column offset
+    y, x = y.reshape(-1), x.reshape(-1)
+    pixel = np.arange(n * n)
+    rows_out, cols_out, vals_out = [], [], []
+    for j, angle in enumerate(np.deg2rad(theta)):
+        t = x * math.cos(angle) - y * math.sin(angle) + detectors // 2
+        inside = (t >= 0) & (t <= detectors - 1)  # zero beyond the outer detectors, as np.interp(left=0, right=0)
+        t0 = np.minimum(np.floor(t), detectors - 2)
+        f = t - t0
+        t0 = t0.astype(np.int64)
+        for dk, w in ((0, 1 - f), (1, f)):
+            k = t0 + dk
+            keep = inside & (w != 0)
+            rows_out.append(pixel[keep])
+            cols_out.append(k[keep] * n_angles + j)
+            vals_out.append(w[keep])
+    matrix = sp.coo_matrix(
+        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
+        shape=(n * n, detectors * n_angles),
+    )
+    return matrix.tocsr()
