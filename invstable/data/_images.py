@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ._phantoms import _check_index, _check_size
-from ._random import check_seed, sample_generator
+from ._random import check_seed, sample_rng
 
 #: Blur-G2 test images (PROTOCOLS.md). Never part of a training or validation source.
 TEST_IMAGES: tuple[str, ...] = ("camera", "moon", "coins")
@@ -93,7 +93,7 @@ class ImageCrops(torch.utils.data.Dataset):
     """Seeded square grayscale crops of scikit-image's bundled images (a source).
 
     Crop ``i`` is taken from image ``images[i % len(images)]`` (so the images are used in
-    turn) at a position drawn from a generator seeded from ``(seed, i)`` alone.
+    turn) at a position drawn from a numpy generator seeded with ``SeedSequence((seed, i))`` alone.
 
     Parameters
     ----------
@@ -147,9 +147,9 @@ class ImageCrops(torch.utils.data.Dataset):
         if height < self.size:
             raise ValueError(f"image {name!r} has {height} rows, fewer than the crop size {self.size}")
         lo, hi = _column_range(width, self.size, self.region, name)
-        g = sample_generator(self.seed, index)
-        row = int(torch.randint(0, height - self.size + 1, (1,), generator=g))
-        col = lo + int(torch.randint(0, hi - lo - self.size + 1, (1,), generator=g))
+        g = sample_rng(self.seed, index)
+        row = int(g.integers(0, height - self.size + 1))
+        col = lo + int(g.integers(0, hi - lo - self.size + 1))
         return name, row, col
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ._phantoms import _check_index
-from ._random import check_seed, mixed_generator
+from ._random import check_seed, noise_generator
 
 NOISE_KINDS = ("gaussian",)
 
@@ -145,7 +145,7 @@ class PairedDataset(torch.utils.data.Dataset):
         if not isinstance(x, torch.Tensor) or x.ndim != 3:
             raise ValueError(f"source item {index} must be a tensor of shape (C, H, W), got {getattr(x, 'shape', type(x))}")
         epoch = 0 if self.fixed_noise else self.epoch
-        rng = mixed_generator(self.seed, epoch, index, 0x6E6F697365)  # last word: "noise"
+        rng = noise_generator(self.seed, epoch, index, 0x6E6F697365)  # last word: "noise"
         with torch.no_grad():
             clean = self.operator.A(x.unsqueeze(0))
             y, sigma = self.noise(clean, rng=rng)

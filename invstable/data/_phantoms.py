@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ._random import as_generator, check_seed, sample_generator
+from ._random import as_numpy_rng, check_seed, sample_rng
 
 
 def _check_size(size, *, name: str = "size") -> int:
@@ -31,8 +31,9 @@ def random_ellipse_phantom(
     ----------
     size : int
         Side of the square image in pixels.
-    rng : torch.Generator, int or None
-        Randomness: a generator (advanced by the call), an int seed, or ``None`` (fresh entropy).
+    rng : torch.Generator, numpy.random.Generator, int or None
+        Randomness: a generator (advanced by the call), an int seed (of a numpy PCG64
+        generator), or ``None`` (fresh entropy).
     count_range : (int, int)
         The number of ellipses is uniform on these inclusive bounds.
     axis_range : (float, float)
@@ -76,30 +77,26 @@ def random_ellipse_phantom(
         raise ValueError(f"axis_range must satisfy 0 < low <= high, got {axis_range!r}")
     if not intensity_range[0] <= intensity_range[1]:
         raise ValueError(f"intensity_range must satisfy low <= high, got {intensity_range!r}")
-    g = as_generator(rng)
+    g = as_numpy_rng(rng)
+    n = int(g.integers(lo, hi + 1))
+    radius = 0.75 * np.sqrt(g.random(n))
+    phi = g.uniform(0.0, 2 * math.pi, n)
+    cx, cy = radius * np.cos(phi), radius * np.sin(phi)
+    a = g.uniform(*axis_range, n)
+    b = g.uniform(*axis_range, n)
+    theta = g.uniform(0.0, math.pi, n)
+    value = g.uniform(*intensity_range, n)
+
     f64 = torch.float64
-
-    def uniform(n, a, b):
-        return a + (b - a) * torch.rand(n, generator=g, dtype=f64)
-
-    n = int(torch.randint(lo, hi + 1, (1,), generator=g))
-    radius = 0.75 * torch.sqrt(torch.rand(n, generator=g, dtype=f64))
-    phi = uniform(n, 0.0, 2 * math.pi)
-    cx, cy = radius * torch.cos(phi), radius * torch.sin(phi)
-    a = uniform(n, *axis_range)
-    b = uniform(n, *axis_range)
-    theta = uniform(n, 0.0, math.pi)
-    value = uniform(n, *intensity_range)
-
     t = (2 * torch.arange(size, dtype=f64) + 1) / size - 1
     py, px = torch.meshgrid(-t, t, indexing="ij")  # row 0 at the top (y = +1)
     image = torch.zeros(size, size, dtype=f64)
     for k in range(n):
-        dx, dy = px - cx[k], py - cy[k]
-        c, s = torch.cos(theta[k]), torch.sin(theta[k])
+        dx, dy = px - float(cx[k]), py - float(cy[k])
+        c, s = math.cos(theta[k]), math.sin(theta[k])
         u = (c * dx + s * dy) / a[k]
         v = (-s * dx + c * dy) / b[k]
-        image += value[k] * (u * u + v * v <= 1)
+        image += float(value[k]) * (u * u + v * v <= 1)
     return image.clamp_(0.0, 1.0).to(dtype).unsqueeze(0)
 
 
@@ -138,9 +135,9 @@ def shepp_logan(size: int, *, dtype: torch.dtype = torch.float32) -> torch.Tenso
 class EllipsePhantoms(torch.utils.data.Dataset):
     """A seeded, finite stream of random-ellipse phantoms (a source).
 
-    Item ``i`` is ``random_ellipse_phantom(size, rng=g_i)`` where ``g_i`` is a generator
-    seeded from ``(seed, i)`` alone, so items are reproducible in any order, in any
-    DataLoader worker, and two streams with different seeds never share a generator.
+    Item ``i`` is ``random_ellipse_phantom(size, rng=g_i)`` where ``g_i`` is a numpy PCG64
+    generator seeded with ``SeedSequence((seed, i))`` alone, so items are reproducible in any
+    order and in any DataLoader worker, and streams of different seeds do not share a draw.
 
     Parameters
     ----------
@@ -169,7 +166,7 @@ class EllipsePhantoms(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         index = _check_index(index, self.count, type(self).__name__)
-        return random_ellipse_phantom(self.size, rng=sample_generator(self.seed, index))
+        return random_ellipse_phantom(self.size, rng=sample_rng(self.seed, index))
 
     def config(self) -> dict:
         """JSON description from which :func:`make_source` rebuilds this source."""

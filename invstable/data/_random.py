@@ -1,8 +1,10 @@
 """Seeds and generators: every random draw in ``invstable.data`` goes through here.
 
-A sample of a seeded source is drawn from its own generator, seeded from the pair
-(seed, index). The map ``(seed, index) -> (seed << 32) | index`` is injective, so two
-sources with different seeds never share a generator state, whatever their sizes.
+Sample ``index`` of a seeded source draws from its own numpy PCG64 generator seeded with
+``SeedSequence((seed, index))``: the 128-bit states of two different pairs coincide with
+probability about 2**-64, so streams of different seeds (the train / validation / test splits)
+do not share a draw, whatever their sizes. (torch's CPU generator keeps only 32 bits of its
+seed, too few for that, so it is used only for the noise, which deepinv draws.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import numpy as np
 import torch
 
 MAX_SEED = 2**31 - 1
-MAX_INDEX = 2**32 - 1
 
 
 def check_seed(seed, *, name: str = "seed") -> int:
@@ -26,27 +27,30 @@ def check_seed(seed, *, name: str = "seed") -> int:
     return seed
 
 
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator for sample ``index`` of the stream ``seed`` (injective in the pair)."""
-    if not 0 <= index <= MAX_INDEX:
-        raise IndexError(f"sample index must be in [0, {MAX_INDEX}], got {index}")
-    return torch.Generator().manual_seed((check_seed(seed) << 32) | int(index))
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index`` of the stream ``seed``."""
+    if index < 0:
+        raise IndexError(f"sample index must be >= 0, got {index}")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence((check_seed(seed), int(index)))))
 
 
-def mixed_generator(*words: int) -> torch.Generator:
-    """A CPU generator seeded by hashing non-negative ints (for noise draws, which need no disjointness)."""
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed((int(state[0]) << 31) | (int(state[1]) >> 1))
+def noise_generator(*words: int) -> torch.Generator:
+    """A torch CPU generator for a noise draw, seeded by hashing non-negative ints."""
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
-def as_generator(rng) -> torch.Generator:
-    """Turn ``rng`` (a ``torch.Generator``, an int seed or ``None``) into a CPU generator.
+def as_numpy_rng(rng) -> np.random.Generator:
+    """Turn ``rng`` into a numpy generator.
 
-    ``None`` gives a generator seeded from fresh OS entropy (non-reproducible); the global
-    torch seed is never read nor changed.
+    A ``torch.Generator`` is advanced by one draw that seeds the result; an int seeds
+    ``numpy.random.default_rng``; ``None`` takes fresh OS entropy (non-reproducible). The
+    global torch and numpy random states are never read nor changed.
     """
-    if isinstance(rng, torch.Generator):
+    if isinstance(rng, np.random.Generator):
         return rng
+    if isinstance(rng, torch.Generator):
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
     if rng is None:
-        return torch.Generator().manual_seed(int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1))
-    return torch.Generator().manual_seed(check_seed(rng, name="rng"))
+        return np.random.default_rng()
+    return np.random.default_rng(check_seed(rng, name="rng"))
