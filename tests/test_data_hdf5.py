@@ -287,3 +287,53 @@ def test_cli_make_protocol_split_and_errors(tmp_path, capsys):
     assert cli(["dataset", "make", "--task", "custom", "--out", str(tmp_path / "x.h5")]) == 2
     assert "--task custom needs --operator, --noise-level, --source" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+class _FailAt(torch.utils.data.Dataset):
+    """An ellipse source whose item ``fail`` raises, to interrupt a make in-process."""
+
+    def __init__(self, source, fail):
+        self.source, self.fail = source, fail
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        if index == self.fail:
+            raise RuntimeError("interrupted")
+        return self.source[index]
+
+    def config(self):
+        return self.source.config()
+
+
+def _interrupted(out, *, count=40, fail=20):
+    pairs = small_pairs(count=count, seed=2, noise_seed=2)
+    pairs.source = _FailAt(pairs.source, fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        make_dataset(out, pairs, progress=False)
+    assert not out.exists() and partial_path(out).exists()
+
+
+def test_resume_rewrites_from_the_first_damaged_sample(tmp_path):
+    out = tmp_path / "r.h5"
+    _interrupted(out)
+    with h5py.File(partial_path(out), "r+") as f:
+        assert int(f.attrs["n_written"]) == 16
+        f["y"][5] = f["y"][5] + 1.0  # damage a sample the partial file claims to hold
+    resumed = make_dataset(out, small_pairs(count=40, seed=2, noise_seed=2), progress=False)
+    assert resumed.resumed_from == 5
+    fresh = make_dataset(tmp_path / "f.h5", small_pairs(count=40, seed=2, noise_seed=2), progress=False)
+    assert resumed.checksum == fresh.checksum
+
+
+def test_partial_file_of_other_settings_is_not_resumed(tmp_path):
+    out = tmp_path / "r.h5"
+    _interrupted(out)
+    with pytest.warns(UserWarning, match=r"\.r\.h5\.partial: cannot resume, it was started with other settings"):
+        other = make_dataset(out, small_pairs(count=40, seed=2, noise_seed=9), progress=False)
+    assert other.resumed_from == 0
+    _interrupted(tmp_path / "s.h5")
+    restarted = make_dataset(tmp_path / "s.h5", small_pairs(count=40, seed=2, noise_seed=2), resume=False,
+                             progress=False)
+    assert restarted.resumed_from == 0 and check_dataset(restarted.path)["checksum"] == restarted.checksum
