@@ -12,7 +12,8 @@ from ._random import as_numpy_rng, check_seed, sample_rng
 
 def _check_size(size, *, name: str = "size") -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"{name} must be a positive int (pixels per side), got {size!r}")
+        what = " (pixels per side)" if name == "size" else ""
+        raise ValueError(f"{name} must be a positive int{what}, got {size!r}")
     return int(size)
 
 

@@ -35,7 +35,7 @@ TASKS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Task:
     """A protocol task: the operator, the noise rule and the three splits.
 
