@@ -1,3 +1,14 @@
 """invstable: provably stable learned reconstructions for y = A x + noise."""
 
+from . import baselines as baselines
+from . import operators as operators
+from .baselines import Tikhonov as Tikhonov
+from .baselines import TotalVariation as TotalVariation
+from .baselines import choose_alpha as choose_alpha
+from .baselines import fbp as fbp
+from .baselines import tikhonov as tikhonov
+from .baselines import tv as tv
+from .operators import as_operator as as_operator
+from .operators import check_operator as check_operator
+
 __version__ = "0.1.0"

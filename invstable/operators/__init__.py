@@ -12,6 +12,7 @@ from ._gradient import Gradient as Gradient
 from ._registry import available_operators as available_operators
 from ._registry import make_operator as make_operator
 from ._registry import operator_example as operator_example
+from ._registry import operator_from_config as operator_from_config
 from ._registry import register_operator as register_operator
 from ._wrap import CallableOperator as CallableOperator
 from ._wrap import MatrixOperator as MatrixOperator

@@ -46,8 +46,8 @@ class Blur(Operator):
     Parameters
     ----------
     kernel : array_like, shape (kh, kw)
-        Convolution kernel; its centre is pixel ``((kh - 1) // 2, (kw - 1) // 2)``, as in
-        :func:`deepinv.physics.functional.conv2d`.
+        Convolution kernel; its centre is pixel ``(kh // 2, kw // 2)``, as in deepinv's ``Blur`` (checked by
+        the tests for odd and even sizes).
     image_size : int or (int, int)
         Image size ``(H, W)``.
     boundary : {"circular", "valid", "reflect", "replicate", "zeros"}
@@ -102,7 +102,7 @@ class Blur(Operator):
         h, w = self.image_size
         padded = torch.zeros(h, w, dtype=dtype, device=self.kernel.device)
         padded[:kh, :kw] = self.kernel.to(dtype)
-        padded = torch.roll(padded, shifts=(-((kh - 1) // 2), -((kw - 1) // 2)), dims=(0, 1))
+        padded = torch.roll(padded, shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))
         return torch.fft.fft2(padded)
 
     def config(self) -> dict:

@@ -1,0 +1,61 @@
+"""The calling convention of the baselines: torch in, torch out; numpy in (batch and channel axes optional),
+numpy out; bad measurements rejected with a message that says what was expected."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..operators._base import check_tensor
+
+
+def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
+    """Validate ``y`` for ``op`` and return it as a batched tensor, with the function that maps a result back
+    to the caller's convention (numpy without the axes that were added, or torch as it is)."""
+    from_numpy = isinstance(y, np.ndarray)
+    if from_numpy:
+        if not np.issubdtype(y.dtype, np.floating):
+            raise TypeError(f"{name} has dtype {y.dtype}; pass floating-point measurements, e.g. {name}.astype(np.float32)")
+        t = torch.from_numpy(np.ascontiguousarray(y))
+    elif isinstance(y, torch.Tensor):
+        t = y
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(y).__name__}")
+    check_tensor(t, name)
+
+    ndim = getattr(op, "measurement_ndim", None)
+    added = 0
+    if ndim is not None and t.ndim < ndim:
+        if not from_numpy:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but {type(op).__name__} expects batched measurements with "
+                f"{ndim} axes; add the batch (and channel) axes, e.g. {name}[None, None]"
+            )
+        added = ndim - t.ndim
+        t = t.reshape((1,) * added + tuple(t.shape))
+    check = getattr(op, "check_measurement", None)
+    if callable(check):
+        check(t, name)
+
+    def restore(x: torch.Tensor):
+        if not from_numpy:
+            return x
+        out = x.detach().cpu()
+        return out.reshape(out.shape[added:]).numpy()  # drop the leading axes that were added to y
+
+    return t, restore
+
+
+def as_alpha(alpha, batch: int, like: torch.Tensor, name: str = "alpha") -> torch.Tensor:
+    """A positive regularisation weight per sample, shape ``(batch,)``."""
+    a = torch.as_tensor(alpha if not isinstance(alpha, np.ndarray) else np.asarray(alpha, dtype=np.float64))
+    a = a.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32).reshape(-1)
+    if a.numel() not in (1, batch):
+        raise ValueError(f"{name} must be a number or one value per sample ({batch}), got {a.numel()} values")
+    if not bool(torch.isfinite(a).all()) or not bool((a > 0).all()):
+        raise ValueError(
+            f"{name} must be finite and > 0, got {alpha!r}; pick one with invstable.choose_alpha"
+        )
+    return a.expand(batch).clone()

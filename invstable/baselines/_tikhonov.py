@@ -1,0 +1,329 @@
+r"""Tikhonov regularisation: :math:`\min_x \|Ax - y\|^2 + \alpha \|Lx\|^2`, i.e.
+:math:`(A^T A + \alpha L^T L)\, x = A^T y`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import torch
+from deepinv.physics import LinearPhysics
+
+from ..operators import Blur, Gradient
+from ..operators._base import check_tensor
+from ._io import as_alpha, as_measurement
+
+
+@dataclasses.dataclass
+class SolveInfo:
+    """Convergence of a Tikhonov solve, per sample.
+
+    Attributes
+    ----------
+    method : str
+        ``"fft"`` (closed form) or ``"cg"``.
+    iterations : torch.Tensor
+        CG iterations each sample took (0 for the FFT path).
+    residual : torch.Tensor
+        Relative residual ``||A^T y - (A^T A + alpha L^T L) x|| / ||A^T y||``.
+    converged : torch.Tensor
+        Whether the residual reached the tolerance.
+    """
+
+    method: str
+    iterations: torch.Tensor
+    residual: torch.Tensor
+    converged: torch.Tensor
+
+
+class _Identity(LinearPhysics):
+    """``L = I`` (kept private: users pass ``regularizer="identity"``)."""
+
+    def A(self, x, **kwargs):
+        return x
+
+    def A_adjoint(self, y, **kwargs):
+        return y
+
+
+def regularizer_operator(regularizer) -> LinearPhysics:
+    """``"identity"``, ``"gradient"`` (circular finite differences) or a user's linear operator ``L``."""
+    if isinstance(regularizer, str):
+        if regularizer == "identity":
+            return _Identity()
+        if regularizer == "gradient":
+            return Gradient(boundary="circular")
+        raise ValueError(f"regularizer must be 'identity', 'gradient' or a LinearPhysics, got {regularizer!r}")
+    if isinstance(regularizer, LinearPhysics):
+        return regularizer
+    raise TypeError(
+        f"regularizer must be 'identity', 'gradient' or a deepinv LinearPhysics, got {type(regularizer).__name__}"
+    )
+
+
+def _per_sample(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (t.ndim - 1)))
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).reshape(a.shape[0], -1).sum(1)
+
+
+def _fft_symbols(op, reg, shape, dtype, device):
+    """``(k^, |l^|^2)`` when ``A`` and ``L`` are both circular convolutions, else ``None``."""
+    if not (isinstance(op, Blur) and op.boundary == "circular"):
+        return None
+    if isinstance(reg, _Identity):
+        l_sq = torch.ones(shape, dtype=dtype, device=device)
+    elif isinstance(reg, Gradient) and reg.boundary == "circular":
+        l_sq = reg.transfer_function_sq(shape, dtype=dtype, device=device)
+    elif isinstance(reg, Blur) and reg.boundary == "circular" and reg.image_size == op.image_size:
+        l_sq = reg.transfer_function(dtype).to(device).abs() ** 2
+    else:
+        return None
+    return op.transfer_function(dtype).to(device), l_sq
+
+
+def conjugate_gradient(apply_normal, b: torch.Tensor, *, x0: torch.Tensor | None = None, tol: float = 1e-6,
+                       max_iter: int = 500) -> tuple[torch.Tensor, SolveInfo]:
+    """Batched conjugate gradients for a symmetric positive definite ``apply_normal``; each sample of the batch
+    has its own step sizes and stops when its relative residual is below ``tol``."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - apply_normal(x) if x0 is not None else b.clone()
+    p = r.clone()
+    rs = _dot(r, r)
+    b_norm = _dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)
+    iterations = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+    for _ in range(max_iter):
+        active = rs.sqrt() > tol * b_norm
+        if not bool(active.any()):
+            break
+        ap = apply_normal(p)
+        curvature = _dot(p, ap)
+        step = torch.where(active, rs / curvature.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
+        x = x + _per_sample(x, step) * p
+        r = r - _per_sample(r, step) * ap
+        rs_new = _dot(r, r)
+        beta = torch.where(active, rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rs))
+        p = torch.where(_per_sample(p, active), r + _per_sample(p, beta) * p, p)
+        rs = torch.where(active, rs_new, rs)
+        iterations += active.long()
+    residual = (b - apply_normal(x)).reshape(b.shape[0], -1).norm(dim=1) / b_norm
+    return x, SolveInfo("cg", iterations, residual, residual <= tol * 1.01)
+
+
+def largest_eigenvalue(matvec, size: int, *, max_iter: int = 100, rtol: float = 1e-8, seed: int = 0) -> float:
+    """Largest eigenvalue of a symmetric positive semi-definite map by Lanczos with full reorthogonalisation.
+
+    Returns the largest Ritz value (a lower bound that converges quickly even when the top of the spectrum is
+    clustered, unlike the Ritz vector that ARPACK waits for).
+    """
+    q = np.random.default_rng(seed).standard_normal(size)
+    basis = [q / np.linalg.norm(q)]
+    alphas, betas = [], []
+    previous = 0.0
+    for _ in range(min(max_iter, size)):
+        w = matvec(basis[-1])
+        alphas.append(float(basis[-1] @ w))
+        for b in basis:  # full reorthogonalisation (twice is enough)
+            w -= (b @ w) * b
+        for b in basis:
+            w -= (b @ w) * b
+        tri = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        ritz = float(np.linalg.eigvalsh(tri)[-1])
+        beta = float(np.linalg.norm(w))
+        if abs(ritz - previous) <= rtol * abs(ritz) or beta <= 1e-14 * max(abs(ritz), 1e-300):
+            return ritz
+        previous = ritz
+        betas.append(beta)
+        basis.append(w / beta)
+    return previous
+
+
+class Tikhonov:
+    r"""Tikhonov reconstructor :math:`R_\alpha y = (A^T A + \alpha L^T L)^{-1} A^T y`.
+
+    Parameters
+    ----------
+    op : deepinv.physics.LinearPhysics
+        Forward operator ``A``.
+    alpha : float or tensor of shape (B,)
+        Regularisation weight (> 0), one for all samples or one per sample.
+    regularizer : {"identity", "gradient"} or LinearPhysics
+        ``L``: identity, circular finite differences (:class:`invstable.operators.Gradient`), or any linear
+        operator.
+    tol, max_iter : float, int
+        Relative residual tolerance and iteration cap of conjugate gradients (unused on the FFT path).
+
+    Notes
+    -----
+    When ``A`` and ``L`` are circular convolutions (a circular :class:`~invstable.operators.Blur` with the
+    identity or the circular gradient), the normal equations are diagonal in Fourier:
+    :math:`\hat x = \overline{\hat k}\, \hat y / (|\hat k|^2 + \alpha |\hat l|^2)`. Otherwise they are solved
+    by batched conjugate gradients, matrix-free.
+
+    The map is linear in ``y``, so its Lipschitz constant is its spectral norm,
+    :math:`\|R_\alpha\| = \max \sigma((A^T A + \alpha L^T L)^{-1} A^T)` (:meth:`lipschitz_bound`); for
+    ``L = I`` it is :math:`\max_i \sigma_i / (\sigma_i^2 + \alpha) \le 1 / (2\sqrt\alpha)`.
+
+    References
+    ----------
+    A. N. Tikhonov and V. Y. Arsenin, *Solutions of Ill-Posed Problems*, Winston, 1977.
+    """
+
+    def __init__(self, op, alpha, *, regularizer="identity", tol: float = 1e-6, max_iter: int = 500):
+        if not isinstance(op, LinearPhysics):
+            raise TypeError(f"op must be a deepinv LinearPhysics (see invstable.as_operator), got {type(op).__name__}")
+        if not (tol > 0) or not (isinstance(max_iter, int) and max_iter >= 1):
+            raise ValueError(f"tol must be > 0 and max_iter a positive int, got tol={tol!r}, max_iter={max_iter!r}")
+        as_alpha(alpha, torch.as_tensor(alpha).numel(), torch.zeros(()))  # validate now, not at the first call
+        self.op = op
+        self.alpha = alpha
+        self.regularizer = regularizer_operator(regularizer)
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def __repr__(self) -> str:
+        return f"Tikhonov(op={type(self.op).__name__}, alpha={self.alpha!r}, regularizer={type(self.regularizer).__name__})"
+
+    def normal(self, alpha: torch.Tensor):
+        """The map ``x -> A^T A x + alpha L^T L x`` (``alpha`` per sample)."""
+        op, reg = self.op, self.regularizer
+
+        def apply(x):
+            return op.A_adjoint(op.A(x)) + _per_sample(x, alpha) * reg.A_adjoint(reg.A(x))
+
+        return apply
+
+    def solve(self, y: torch.Tensor, *, x0: torch.Tensor | None = None, adjoint_rhs: torch.Tensor | None = None):
+        """Solve the normal equations for a batched tensor ``y`` (or for a given right-hand side ``A^T y``).
+
+        Returns ``(x, SolveInfo)``.
+        """
+        b = self.op.A_adjoint(y) if adjoint_rhs is None else adjoint_rhs
+        alpha = as_alpha(self.alpha, b.shape[0], b)
+        symbols = _fft_symbols(self.op, self.regularizer, b.shape[-2:], torch.float64 if b.dtype == torch.float64
+                               else torch.float32, b.device)
+        if symbols is not None:
+            k_hat, l_sq = symbols
+            denom = k_hat.abs() ** 2 + _per_sample(b, alpha).to(l_sq.dtype) * l_sq
+            x = torch.fft.ifft2(torch.fft.fft2(b.to(k_hat.real.dtype)) / denom).real.to(b.dtype)
+            zero = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+            residual = (b - self.normal(alpha)(x)).reshape(b.shape[0], -1).norm(dim=1) / (
+                b.reshape(b.shape[0], -1).norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny))
+            return x, SolveInfo("fft", zero, residual, torch.ones_like(zero, dtype=torch.bool))
+        if x0 is not None:
+            check_tensor(x0, "x0")
+            if x0.shape != b.shape:
+                raise ValueError(f"x0 has shape {tuple(x0.shape)} but the reconstruction has shape {tuple(b.shape)}")
+        return conjugate_gradient(self.normal(alpha), b, x0=x0, tol=self.tol, max_iter=self.max_iter)
+
+    def __call__(self, y, *, x0=None, return_info: bool = False):
+        """Reconstruct from ``y`` (torch, batched; or numpy, batch and channel axes optional)."""
+        t, restore = as_measurement(y, self.op)
+        with torch.no_grad():
+            b = self.op.A_adjoint(t)
+            x0_t = None
+            if x0 is not None:
+                x0_t, _ = as_measurement(x0, None, "x0")
+                if x0_t.numel() != b.numel():
+                    raise ValueError(f"x0 has shape {tuple(x0_t.shape)} but the reconstruction has shape {tuple(b.shape)}")
+                x0_t = x0_t.reshape(b.shape).to(b.dtype)
+            x, info = self.solve(t, x0=x0_t, adjoint_rhs=b)
+        if not bool(info.converged.all()):
+            worst = float(info.residual.max())
+            warnings.warn(
+                f"Tikhonov CG stopped after {self.max_iter} iterations with relative residual {worst:.2e} > tol "
+                f"{self.tol:.1e}; raise max_iter or alpha", RuntimeWarning, stacklevel=2,
+            )
+        out = restore(x)
+        return (out, info) if return_info else out
+
+    def lipschitz_bound(self, y_shape: tuple | None = None, *, max_iter: int = 80, rtol: float = 1e-7) -> float:
+        r"""Lipschitz constant of ``y -> R_alpha y``: its largest singular value.
+
+        Exact on the FFT path; otherwise the largest eigenvalue of :math:`R^T R` by Lanczos iterations (the
+        largest Ritz value, which approaches it from below, stopped at a relative change below ``rtol``) with
+        accurate CG solves (tolerance 1e-9 in float64 where the operator allows it). ``y_shape`` is one batched measurement shape,
+        e.g. ``(1, 1, 182, 30)``; it is derived for invstable's operators.
+        """
+        alpha = torch.as_tensor(self.alpha, dtype=torch.float64)
+        if alpha.numel() != 1:
+            raise ValueError("lipschitz_bound needs one alpha for all samples; build one Tikhonov per alpha")
+        op, reg = self.op, self.regularizer
+        if isinstance(op, Blur) and op.boundary == "circular":
+            symbols = _fft_symbols(op, reg, op.image_size, torch.float64, op.kernel.device)
+            if symbols is not None:
+                k_hat, l_sq = symbols
+                return float((k_hat.abs() / (k_hat.abs() ** 2 + float(alpha) * l_sq)).max())
+        if y_shape is None:
+            image = getattr(op, "image_size", None)
+            if image is None or not hasattr(op, "measurement_shape"):
+                raise ValueError(
+                    f"pass y_shape (one batched measurement shape) for {type(op).__name__}, e.g. y.shape"
+                )
+            image = (image, image) if isinstance(image, int) else tuple(image)
+            y_shape = op.measurement_shape((1, 1, *image))
+        y_shape = tuple(y_shape)
+        dtype = torch.float64
+        try:
+            op.A_adjoint(torch.zeros(y_shape, dtype=dtype))
+        except (RuntimeError, TypeError):
+            dtype = torch.float32
+        solver = Tikhonov(op, float(alpha), regularizer=reg, tol=1e-9 if dtype == torch.float64 else 1e-6,
+                          max_iter=5000)
+        a = torch.full((y_shape[0],), float(alpha), dtype=dtype)
+
+        def gram(v: np.ndarray) -> np.ndarray:
+            """v -> R^T R v, with R^T x = A (A^T A + alpha L^T L)^{-1} x."""
+            with torch.no_grad():
+                x, _ = solver.solve(torch.from_numpy(v.reshape(y_shape)).to(dtype))
+                z, _ = conjugate_gradient(solver.normal(a), x, tol=solver.tol, max_iter=solver.max_iter)
+                return op.A(z).double().numpy().reshape(-1)
+
+        lam = largest_eigenvalue(gram, math.prod(y_shape), max_iter=max_iter, rtol=rtol)
+        return math.sqrt(max(float(lam), 0.0))
+
+
+def tikhonov(y, op, alpha, *, regularizer="identity", tol: float = 1e-6, max_iter: int = 500, x0=None,
+             return_info: bool = False):
+    r"""Tikhonov reconstruction :math:`\arg\min_x \|Ax - y\|^2 + \alpha \|Lx\|^2`.
+
+    Parameters
+    ----------
+    y : torch.Tensor or numpy.ndarray
+        Measurements. Torch: batched, as the operator produces them. Numpy: with or without the batch and
+        channel axes; the result has the same leading axes.
+    op : deepinv.physics.LinearPhysics
+        Forward operator.
+    alpha : float or array of shape (B,)
+        Regularisation weight(s), > 0.
+    regularizer : {"identity", "gradient"} or LinearPhysics, default "identity"
+    tol : float, default 1e-6
+        Relative residual at which CG stops.
+    max_iter : int, default 500
+        CG iteration cap (a :class:`RuntimeWarning` says when it is hit).
+    x0 : array, optional
+        Warm start for CG.
+    return_info : bool, default False
+        Also return a :class:`SolveInfo` (method, iterations, residual, converged per sample).
+
+    Returns
+    -------
+    x : same kind as ``y``
+    info : SolveInfo, only with ``return_info=True``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.operators import Blur, gaussian_kernel
+    >>> op = Blur(gaussian_kernel(1.0), 32)
+    >>> x = torch.rand(1, 1, 32, 32)
+    >>> x_hat, info = tikhonov(op.A(x), op, 1e-3, return_info=True)
+    >>> info.method
+    'fft'
+    """
+    return Tikhonov(op, alpha, regularizer=regularizer, tol=tol, max_iter=max_iter)(
+        y, x0=x0, return_info=return_info)

@@ -1,0 +1,37 @@
+"""Command-line interface: ``invstable demo`` and the sub-commands of the other subpackages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args) -> int:
+    from ._demo import demo
+
+    demo(args.out, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invstable", description="Provably stable learned reconstructions for y = A x + noise.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="simulate CT-30 and Blur-G2 measurements and reconstruct them")
+    demo.add_argument("--out", default="invstable_demo.png", help="path of the PNG figure (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated noise (default: %(default)s)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
