@@ -5,6 +5,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from invstable.data import HDF5Images, ImageFolder, ImageReadError, to_unit_float
 
@@ -120,3 +122,17 @@ def test_hdf5_images_errors_name_the_file(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk" * 100)
     with pytest.raises(ImageReadError, match=r"junk\.h5: not a readable HDF5 file"):
         HDF5Images(tmp_path / "junk.h5", key="images")
+
+
+@settings(max_examples=25, deadline=None)
+@given(dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.bool_]), seed=st.integers(0, 2**32 - 1),
+       channels=st.sampled_from([1, 3, 4]))
+def test_integer_images_map_linearly_into_unit_range(dtype, seed, channels):
+    rng = np.random.default_rng(seed)
+    top = 1 if dtype is np.bool_ else np.iinfo(dtype).max
+    a = rng.integers(0, top, (5, 4, channels), endpoint=True).astype(dtype)
+    x = to_unit_float(a, channels="keep")
+    assert x.shape == (channels, 5, 4)
+    assert torch.allclose(x, torch.from_numpy(a.transpose(2, 0, 1).astype(np.float64) / top).float())
+    g = to_unit_float(a, channels="gray")
+    assert g.shape == (1, 5, 4) and float(g.min()) >= 0 and float(g.max()) <= 1

@@ -337,3 +337,15 @@ def test_partial_file_of_other_settings_is_not_resumed(tmp_path):
     restarted = make_dataset(tmp_path / "s.h5", small_pairs(count=40, seed=2, noise_seed=2), resume=False,
                              progress=False)
     assert restarted.resumed_from == 0 and check_dataset(restarted.path)["checksum"] == restarted.checksum
+
+
+def test_make_refuses_bad_arguments(tmp_path):
+    pairs = small_pairs(count=4)
+    with pytest.raises(ValueError, match=r"count must be an int in \[1, 4\] \(the size of the source\), got 5"):
+        make_dataset(tmp_path / "a.h5", pairs, count=5, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"missing: folder does not exist"):
+        make_dataset(tmp_path / "missing" / "a.h5", pairs, progress=False)
+    pairs.fixed_noise = False
+    with pytest.raises(ValueError, match="one noise draw per pair; pass a PairedDataset with fixed_noise=True"):
+        make_dataset(tmp_path / "a.h5", pairs, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -167,7 +167,8 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
     FileExistsError
         If ``out`` exists and ``overwrite`` is false.
     ValueError
-        If ``count`` is out of range or the operator / source cannot be described.
+        If ``count`` is out of range, the operator / source cannot be described, or
+        ``pairs.fixed_noise`` is false (a file holds one noise draw per pair).
 
     Notes
     -----
@@ -184,6 +185,8 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
     out = Path(out)
     if not isinstance(pairs, PairedDataset):
         raise TypeError(f"pairs must be an invstable.data.PairedDataset, got {type(pairs).__name__}")
+    if not pairs.fixed_noise:
+        raise ValueError("a dataset file holds one noise draw per pair; pass a PairedDataset with fixed_noise=True")
     count = len(pairs) if count is None else count
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(pairs):
         raise ValueError(f"count must be an int in [1, {len(pairs)}] (the size of the source), got {count!r}")
