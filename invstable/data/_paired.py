@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 
@@ -37,6 +37,7 @@ class Noise:
     """
 
     level: float
+    _: KW_ONLY
     relative: bool = False
     kind: str = "gaussian"
 
