@@ -1,0 +1,186 @@
+"""The ``invstable dataset`` command: ``make``, ``check`` and ``info``.
+
+``add_parser(subparsers)`` adds the command to a parent parser (``invstable.cli``); ``main``
+runs it on its own: ``python -m invstable.data._cli dataset check FILE.h5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from ._folder import ImageReadError
+from ._hdf5 import DatasetFileError, check_dataset, dataset_info, make_dataset
+from ._paired import Noise, PairedDataset
+from ._sources import SOURCES, make_source
+from ._tasks import SPLITS, TASKS, task
+
+CUSTOM = "custom"
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value  # a bare string
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``dataset`` command (``make``, ``check``, ``info``) to ``subparsers``."""
+    dataset = subparsers.add_parser("dataset", help="make, check and inspect paired HDF5 datasets",
+                                    description="Make, check and inspect paired (x, y = A x + noise) HDF5 datasets.")
+    commands = dataset.add_subparsers(dest="dataset_command", metavar="{make,check,info}")
+    commands.required = True
+
+    make = commands.add_parser(
+        "make", help="write a paired dataset to an HDF5 file",
+        description="Write pairs (x, A x + noise) to an HDF5 file, atomically; an interrupted make resumes "
+                    "when run again with the same arguments.")
+    make.add_argument("--task", required=True, choices=sorted(TASKS) + [CUSTOM],
+                      help="a protocol task of PROTOCOLS.md, or 'custom' (then give --operator, --noise-level, --source)")
+    make.add_argument("--split", choices=SPLITS, help="split of a protocol task (required for protocol tasks)")
+    make.add_argument("--count", type=int, help="number of pairs (training split and custom sources; default: all)")
+    make.add_argument("--seed", type=int, help="seed of the training split (protocol tasks; default 0)")
+    make.add_argument("--out", required=True, help="the HDF5 file to write")
+    make.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    make.add_argument("--no-resume", action="store_true", help="start over even if an interrupted make left a partial file")
+    make.add_argument("--no-progress", action="store_true", help="no progress bar")
+    custom = make.add_argument_group("custom task")
+    custom.add_argument("--operator", help="registered operator name (invstable.operators.available_operators())")
+    custom.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                        help="operator parameter, VALUE read as JSON (repeatable), e.g. --param image_size=64")
+    custom.add_argument("--noise-level", type=float, help="noise standard deviation (or ratio with --relative-noise)")
+    custom.add_argument("--relative-noise", action="store_true", help="std = level * mean |A x| of each sample")
+    custom.add_argument("--noise-seed", type=int, default=0, help="seed of the noise (default 0)")
+    custom.add_argument("--source", choices=sorted(SOURCES), help="image source")
+    custom.add_argument("--source-param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                        help="source parameter, VALUE read as JSON (repeatable), e.g. --source-param size=64; "
+                             "for 'folder' give root=PATH, for 'hdf5-images' path=FILE key=NAME")
+    make.set_defaults(func=_make)
+
+    check = commands.add_parser("check", help="verify files completely (structure, fields, checksum, every sample)",
+                                description="Verify dataset files; exit 1 with one line per bad file.")
+    check.add_argument("files", nargs="+", help="HDF5 dataset files")
+    check.set_defaults(func=_check)
+
+    info = commands.add_parser("info", help="print what a dataset file holds")
+    info.add_argument("file", help="HDF5 dataset file")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    info.set_defaults(func=_info)
+    return dataset
+
+
+def _error(command: str, message: str) -> int:
+    print(f"invstable dataset {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _pairs_from_args(args) -> tuple[PairedDataset, int | None, str | None]:
+    if args.task == CUSTOM:
+        missing = [flag for flag, value in (("--operator", args.operator), ("--noise-level", args.noise_level),
+                                            ("--source", args.source)) if value is None]
+        if missing:
+            raise ValueError(f"--task custom needs {', '.join(missing)}")
+        if args.seed is not None:
+            raise ValueError("--seed is for protocol tasks; give a custom source its seed with --source-param seed=S")
+        from ..operators import make_operator
+
+        operator = make_operator(args.operator, **dict(args.param))
+        params = dict(args.source_param)
+        if args.count is not None and args.source in ("ellipses", "crops"):
+            params.setdefault("count", args.count)
+        source = make_source({"name": args.source, "params": params})
+        noise = Noise(args.noise_level, relative=args.relative_noise)
+        return PairedDataset(source, operator, noise, seed=args.noise_seed), args.count, args.split
+    if args.split is None:
+        raise ValueError(f"--task {args.task} needs --split ({', '.join(SPLITS)})")
+    stray = [f for f, v in (("--operator", args.operator), ("--noise-level", args.noise_level),
+                            ("--source", args.source)) if v is not None]
+    if stray:
+        raise ValueError(f"{', '.join(stray)} only apply to --task custom; protocol tasks fix them")
+    t = task(args.task)
+    if args.split == "train":
+        pairs = t.pairs("train", count=args.count, seed=args.seed)
+        return pairs, None, "train"
+    if args.seed is not None:
+        raise ValueError(f"the {args.split} split is fixed by the protocol; --seed only applies to --split train")
+    pairs = t.pairs(args.split)
+    return pairs, args.count, args.split
+
+
+def _make(args) -> int:
+    try:
+        pairs, count, split = _pairs_from_args(args)
+        result = make_dataset(args.out, pairs, count=count, task=args.task, split=split,
+                              resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ImageReadError) as error:
+        return _error("make", str(error))
+    resumed = f", resumed at {result.resumed_from}" if result.resumed_from else ""
+    print(f"{result.path}: {result.count} pairs{resumed}, sha256 {result.checksum}")
+    return 0
+
+
+def _check(args) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            info = check_dataset(path)
+        except DatasetFileError as error:
+            print(str(error).replace("\n", " "), file=sys.stderr)
+            status = 1
+            continue
+        print(f"{path}: ok, {info['count']} pairs, sha256 {info['checksum']}")
+    return status
+
+
+def _info(args) -> int:
+    try:
+        info = dataset_info(args.file)
+    except DatasetFileError as error:
+        print(str(error).replace("\n", " "), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    op = info["operator"]
+    params = {k: (f"<array of shape {np.shape(v)}>"
+                  if isinstance(v, list) and (len(v) > 8 or any(isinstance(e, list) for e in v)) else v)
+              for k, v in op["params"].items()}
+    noise = info["noise"]
+    level = f"{noise['level']:g}" + (" x mean|A x| per sample" if noise["relative"] else "")
+    lines = [
+        ("file", f"{args.file} ({info['file_bytes']} bytes)"),
+        ("task / split", f"{info['task']} / {info['split']}"),
+        ("pairs", info["count"]),
+        ("x shape", tuple(info["x_shape"])),
+        ("y shape", tuple(info["y_shape"])),
+        ("operator", f"{op['name']} {json.dumps(params)}"),
+        ("noise", f"{noise['kind']}, std {level}, seed {info['noise_seed']}"
+                  + ("" if info["fixed_noise"] else ", resampled per epoch")),
+        ("source", json.dumps(info["source"])),
+        ("made by", f"invstable {info['invstable_version']}"),
+        ("sha256", info["checksum"]),
+    ]
+    for key, value in lines:
+        print(f"{key:>13}: {value}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run ``dataset ...`` from ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = argparse.ArgumentParser(prog="invstable")
+    commands = parser.add_subparsers(dest="command", metavar="{dataset}")
+    commands.required = True
+    add_parser(commands)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
