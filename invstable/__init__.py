@@ -1,6 +1,7 @@
 """invstable: provably stable learned reconstructions for y = A x + noise."""
 
 from . import baselines as baselines
+from . import data as data
 from . import operators as operators
 from .baselines import Tikhonov as Tikhonov
 from .baselines import TotalVariation as TotalVariation

@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="invstable_demo.png", help="path of the PNG figure (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulated noise (default: %(default)s)")
     demo.set_defaults(func=_demo)
+
+    from .data._cli import add_parser as add_dataset_parser  # noqa: PLC0415 (keeps `invstable --help` light)
+
+    add_dataset_parser(sub)
     return parser
 
 
