@@ -156,7 +156,7 @@ def test_missing_metadata_key_and_wrong_format_rejected(made):
 
 def test_operator_different_from_the_models_is_rejected(made):
     result, _ = made
-    with pytest.raises(DatasetFileError, match=r"d\.h5: made with operator .*\"angles\".* but the model expects .*; make the dataset again"):
+    with pytest.raises(DatasetFileError, match=r"d\.h5: made with operator ct\(.* but the model expects ct\(.*\(they differ in angles\); make the dataset again"):
         HDF5PairedDataset(result.path, operator=small_ct(angles=9))
     blur = make_operator("blur", image_size=SIZE, sigma=1.0)
     with pytest.raises(DatasetFileError, match=r"but the model expects \{\"name\": \"blur\""):

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from ..operators import config_summary
 from ._folder import ImageReadError
 from ._hdf5 import DatasetFileError, check_dataset, dataset_info, make_dataset
 from ._paired import Noise, PairedDataset
@@ -149,9 +150,6 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
     op = info["operator"]
-    params = {k: (f"<array of shape {np.shape(v)}>"
-                  if isinstance(v, list) and (len(v) > 8 or any(isinstance(e, list) for e in v)) else v)
-              for k, v in op["params"].items()}
     noise = info["noise"]
     level = f"{noise['level']:g}" + (" x mean|A x| per sample" if noise["relative"] else "")
     lines = [
@@ -160,7 +158,7 @@ def _info(args) -> int:
         ("pairs", info["count"]),
         ("x shape", tuple(info["x_shape"])),
         ("y shape", tuple(info["y_shape"])),
-        ("operator", f"{op['name']} {json.dumps(params)}"),
+        ("operator", config_summary(op)),
         ("noise", f"{noise['kind']}, std {level}, seed {info['noise_seed']}"
                   + ("" if info["fixed_noise"] else ", resampled per epoch")),
         ("source", json.dumps(info["source"])),

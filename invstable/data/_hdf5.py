@@ -368,11 +368,17 @@ class HDF5PairedDataset(torch.utils.data.Dataset):
     def check_operator(self, operator) -> None:
         """Raise :class:`DatasetFileError` unless ``operator`` has the configuration stored in the file."""
         expected = operator_config(operator)
-        if expected != self.meta["operator"]:
+        stored = self.meta["operator"]
+        if expected != stored:
+            from ..operators import config_summary
+
+            differ = sorted(k for k in set(expected.get("params", {})) | set(stored.get("params", {}))
+                            if expected.get("params", {}).get(k) != stored.get("params", {}).get(k))
             raise DatasetFileError(
                 self.path,
-                f"made with operator {json.dumps(self.meta['operator'], sort_keys=True)} but the model expects "
-                f"{json.dumps(expected, sort_keys=True)}; make the dataset again with that operator",
+                f"made with operator {config_summary(stored)} but the model expects {config_summary(expected)}"
+                f"{' (they differ in ' + ', '.join(differ) + ')' if stored.get('name') == expected.get('name') else ''}; "
+                f"make the dataset again with that operator",
             )
 
     def operator(self):

@@ -10,6 +10,7 @@ from ._check import norm_bound as norm_bound
 from ._ct import ParallelBeamCT as ParallelBeamCT
 from ._gradient import Gradient as Gradient
 from ._registry import available_operators as available_operators
+from ._registry import config_summary as config_summary
 from ._registry import make_operator as make_operator
 from ._registry import operator_example as operator_example
 from ._registry import operator_from_config as operator_from_config

@@ -98,6 +98,18 @@ def operator_from_config(config: dict):
     return make_operator(config["name"], **config.get("params", {}))
 
 
+def config_summary(config: dict) -> str:
+    """A one-line, readable form of an operator configuration: long or nested lists shown by their shape."""
+    import numpy as np  # noqa: PLC0415
+
+    params = {
+        k: (f"<array of shape {np.shape(v)}>" if isinstance(v, list) and (len(v) > 8 or any(isinstance(e, list) for e in v))
+            else v)
+        for k, v in sorted(config.get("params", {}).items())
+    }
+    return f"{config.get('name')!s}({', '.join(f'{k}={v}' for k, v in params.items())})"
+
+
 def _blur(*, image_size, kernel=None, sigma=None, kernel_size=None, boundary="circular"):
     if (kernel is None) == (sigma is None):
         raise ValueError("the 'blur' operator needs exactly one of kernel= (2-D array) and sigma= (Gaussian)")
