@@ -257,3 +257,51 @@ def test_baselines_run_on_a_matrix_operator():
         warnings.simplefilter("error")
         recon = tikhonov(y, op, 1e-8, tol=1e-12, max_iter=1000)
     torch.testing.assert_close(recon, x, rtol=1e-5, atol=1e-6)
+
+
+# --- regressions ------------------------------------------------------------------------------------------------
+def test_tv_warm_start(small_ct):
+    op, x = small_ct
+    y = op.A(x).float()
+    start = tikhonov(y, op, 0.01)
+    assert tv(y[0, 0].numpy(), op, 1e-3, max_iter=5, x0=start[0, 0].numpy()).shape == (16, 16)
+    with pytest.raises(ValueError, match=r"x0 has shape \(1, 1, 16, 15\)"):
+        tv(y, op, 1e-3, x0=torch.zeros(1, 1, 16, 15))
+    assert tv(y, op, np.float32(1e-3), max_iter=2).shape == x.shape
+
+
+def test_singular_fft_normal_equations_are_named():
+    op = Blur(torch.tensor([[0.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), 8)  # zero at frequency 0
+    with pytest.raises(ValueError, match="singular"):
+        tikhonov(torch.rand(1, 1, 8, 8), op, 0.1, regularizer="gradient")
+    assert Tikhonov(op, 0.1, regularizer="gradient").lipschitz_bound() == math.inf
+
+
+def test_zero_measurement_with_a_warm_start(small_ct):
+    op, x = small_ct
+    y = op.A(x)
+    y[0] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, info = tikhonov(y, op, 0.1, x0=torch.ones_like(x), return_info=True)
+    assert float(out.abs().max()) == 0.0 and bool(info.converged.all())
+
+
+@pytest.mark.parametrize("alpha, error", [(True, TypeError), ("0.1", TypeError), (1e-50, ValueError)])
+def test_alpha_types(small_ct, alpha, error):
+    op, x = small_ct
+    with pytest.raises(error, match="alpha"):
+        tikhonov(op.A(x).float(), op, alpha)
+
+
+def test_warm_start_of_the_wrong_shape(small_ct):
+    op, x = small_ct
+    with pytest.raises(ValueError, match="x0 has shape"):
+        tikhonov(op.A(x), op, 0.1, x0=torch.zeros(1, 1, 8, 32, dtype=torch.float64))
+
+
+def test_choose_alpha_options_are_checked(small_ct):
+    op, x = small_ct
+    for bad in ({"tau": 0}, {"n_probes": 0}, {"grid": 1}):
+        with pytest.raises(ValueError, match="tau > 0"):
+            choose_alpha(op.A(x), op, noise_level=0.01, **bad)

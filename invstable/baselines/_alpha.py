@@ -64,6 +64,10 @@ def choose_alpha(y, op, *, noise_level=None, rule: str = "discrepancy", regulari
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if not (tau > 0) or isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1 \
+            or isinstance(grid, bool) or not isinstance(grid, int) or grid < 3:
+        raise ValueError(f"need tau > 0, n_probes >= 1 and grid >= 3, got tau={tau!r}, n_probes={n_probes!r}, "
+                         f"grid={grid!r}")
     lo, hi = (float(v) for v in alpha_range)
     if not (0 < lo < hi and math.isfinite(hi)):
         raise ValueError(f"alpha_range must be (low, high) with 0 < low < high, got {alpha_range!r}")

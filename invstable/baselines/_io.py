@@ -49,14 +49,35 @@ def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torc
 
 
 def as_alpha(alpha, batch: int, like: torch.Tensor, name: str = "alpha") -> torch.Tensor:
-    """A positive regularisation weight per sample, shape ``(batch,)``."""
-    # through float64, so that a Python float keeps its precision in a float64 solve
-    a = alpha.detach() if isinstance(alpha, torch.Tensor) else torch.as_tensor(np.asarray(alpha, dtype=np.float64))
-    a = a.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32).reshape(-1)
+    """A positive regularisation weight per sample, shape ``(batch,)``, validated in float64 before it is cast
+    to the dtype of the solve (so that a Python float keeps its precision in a float64 solve)."""
+    if isinstance(alpha, (bool, str, bytes)) or (isinstance(alpha, np.ndarray) and alpha.dtype == bool):
+        raise TypeError(f"{name} must be a number or an array of numbers, got {alpha!r}")
+    try:
+        a = (alpha.detach().to(torch.float64) if isinstance(alpha, torch.Tensor)
+             else torch.as_tensor(np.asarray(alpha, dtype=np.float64))).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or an array of numbers, got {alpha!r}") from None
     if a.numel() not in (1, batch):
         raise ValueError(f"{name} must be a number or one value per sample ({batch}), got {a.numel()} values")
-    if not bool(torch.isfinite(a).all()) or not bool((a > 0).all()):
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    if not bool(torch.isfinite(a).all()) or not bool((a > 0).all()) or not bool((a.to(dtype) > 0).all()):
         raise ValueError(
-            f"{name} must be finite and > 0, got {alpha!r}; pick one with invstable.choose_alpha"
+            f"{name} must be finite and > 0 (and representable in {dtype}), got {alpha!r}; pick one with "
+            f"invstable.choose_alpha"
         )
-    return a.expand(batch).clone()
+    return a.to(device=like.device, dtype=dtype).expand(batch).clone()
+
+
+def as_start(x0, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A warm start of exactly the reconstruction's ``shape`` (numpy may omit the leading singleton axes)."""
+    t = x0 if isinstance(x0, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x0)) if isinstance(
+        x0, np.ndarray) else None
+    if t is None:
+        raise TypeError(f"x0 must be a torch.Tensor or a numpy array, got {type(x0).__name__}")
+    check_tensor(t, "x0")
+    if isinstance(x0, np.ndarray) and t.ndim < len(shape):
+        t = t.reshape((1,) * (len(shape) - t.ndim) + tuple(t.shape))
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} but the reconstruction has shape {tuple(shape)}")
+    return t.to(dtype)

@@ -13,7 +13,7 @@ from deepinv.physics import LinearPhysics
 
 from ..operators import Blur, Gradient
 from ..operators._base import check_tensor
-from ._io import as_alpha, as_measurement
+from ._io import as_alpha, as_measurement, as_start
 
 
 @dataclasses.dataclass
@@ -90,11 +90,13 @@ def conjugate_gradient(apply_normal, b: torch.Tensor, *, x0: torch.Tensor | None
                        max_iter: int = 500) -> tuple[torch.Tensor, SolveInfo]:
     """Batched conjugate gradients for a symmetric positive definite ``apply_normal``; each sample of the batch
     has its own step sizes and stops when its relative residual is below ``tol``."""
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    b_norm = _dot(b, b).sqrt()
+    zero = _per_sample(b, b_norm == 0)
+    x = torch.zeros_like(b) if x0 is None else torch.where(zero, torch.zeros_like(x0), x0)  # b = 0 gives x = 0
     r = b - apply_normal(x) if x0 is not None else b.clone()
     p = r.clone()
     rs = _dot(r, r)
-    b_norm = _dot(b, b).sqrt().clamp_min(torch.finfo(b.dtype).tiny)
+    b_norm = b_norm.clamp_min(torch.finfo(b.dtype).tiny)
     iterations = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
     for _ in range(max_iter):
         active = rs.sqrt() > tol * b_norm
@@ -180,7 +182,7 @@ class Tikhonov:
             raise TypeError(f"op must be a deepinv LinearPhysics (see invstable.as_operator), got {type(op).__name__}")
         if not (tol > 0) or not (isinstance(max_iter, int) and max_iter >= 1):
             raise ValueError(f"tol must be > 0 and max_iter a positive int, got tol={tol!r}, max_iter={max_iter!r}")
-        as_alpha(alpha, torch.as_tensor(alpha).numel(), torch.zeros(()))  # validate now, not at the first call
+        as_alpha(alpha, int(np.size(alpha)), torch.zeros(()))  # validate now, not at the first call
         self.op = op
         self.alpha = alpha
         self.regularizer = regularizer_operator(regularizer)
@@ -211,6 +213,11 @@ class Tikhonov:
         if symbols is not None:
             k_hat, l_sq = symbols
             denom = k_hat.abs() ** 2 + _per_sample(b, alpha).to(l_sq.dtype) * l_sq
+            if not bool((denom > 0).all()):
+                raise ValueError(
+                    "A^T A + alpha L^T L is singular: the kernel and the regularizer both vanish at some frequency "
+                    "(e.g. a zero-mean kernel with the gradient regularizer); use regularizer='identity'"
+                )
             x = torch.fft.ifft2(torch.fft.fft2(b.to(k_hat.real.dtype)) / denom).real.to(b.dtype)
             zero = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
             residual = (b - self.normal(alpha)(x)).reshape(b.shape[0], -1).norm(dim=1) / (
@@ -227,18 +234,14 @@ class Tikhonov:
         t, restore = as_measurement(y, self.op)
         with torch.no_grad():
             b = self.op.A_adjoint(t)
-            x0_t = None
-            if x0 is not None:
-                x0_t, _ = as_measurement(x0, None, "x0")
-                if x0_t.numel() != b.numel():
-                    raise ValueError(f"x0 has shape {tuple(x0_t.shape)} but the reconstruction has shape {tuple(b.shape)}")
-                x0_t = x0_t.reshape(b.shape).to(b.dtype)
+            x0_t = None if x0 is None else as_start(x0, tuple(b.shape), b.dtype)
             x, info = self.solve(t, x0=x0_t, adjoint_rhs=b)
         if not bool(info.converged.all()):
             worst = float(info.residual.max())
             warnings.warn(
-                f"Tikhonov CG stopped after {self.max_iter} iterations with relative residual {worst:.2e} > tol "
-                f"{self.tol:.1e}; raise max_iter or alpha", RuntimeWarning, stacklevel=2,
+                f"Tikhonov CG stopped after {int(info.iterations.max())} iterations (max_iter={self.max_iter}) "
+                f"with relative residual {worst:.2e} > tol {self.tol:.1e}; raise max_iter or alpha",
+                RuntimeWarning, stacklevel=2,
             )
         out = restore(x)
         return (out, info) if return_info else out
@@ -259,7 +262,10 @@ class Tikhonov:
             symbols = _fft_symbols(op, reg, op.image_size, torch.float64, op.kernel.device)
             if symbols is not None:
                 k_hat, l_sq = symbols
-                return float((k_hat.abs() / (k_hat.abs() ** 2 + float(alpha) * l_sq)).max())
+                denom = k_hat.abs() ** 2 + float(alpha) * l_sq
+                if not bool((denom > 0).all()):
+                    return math.inf  # singular normal equations: the map is unbounded
+                return float((k_hat.abs() / denom).max())
         if y_shape is None:
             image = getattr(op, "image_size", None)
             if image is None or not hasattr(op, "measurement_shape"):

@@ -4,6 +4,7 @@ TV prior and its accelerated proximal-gradient (FISTA) solver."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from deepinv.optim import TVPrior, optim_builder
@@ -11,7 +12,7 @@ from deepinv.optim.data_fidelity import L2
 from deepinv.physics import LinearPhysics
 
 from ..operators import norm_bound
-from ._io import as_measurement
+from ._io import as_measurement, as_start
 
 
 class TotalVariation:
@@ -43,7 +44,7 @@ class TotalVariation:
     def __init__(self, op, lam: float, *, max_iter: int = 300, tol: float = 1e-5, prox_iter: int = 20):
         if not isinstance(op, LinearPhysics):
             raise TypeError(f"op must be a deepinv LinearPhysics (see invstable.as_operator), got {type(op).__name__}")
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        if isinstance(lam, bool) or not (isinstance(lam, numbers.Real) and math.isfinite(lam) and lam > 0):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
         self.op, self.lam, self.max_iter, self.tol, self.prox_iter = op, float(lam), max_iter, tol, prox_iter
 
@@ -60,11 +61,11 @@ class TotalVariation:
                 params_algo={"stepsize": step, "lambda": self.lam, "a": 3}, max_iter=self.max_iter,
                 early_stop=True, crit_conv="residual", thres_conv=self.tol,
             )
-            init = None
-            if x0 is not None:
-                x0_t, _ = as_measurement(x0, None, "x0")
-                init = x0_t.reshape(x_shape).to(t.dtype)
-            x = solver(t, self.op, init=init) if init is not None else solver(t, self.op)
+            if x0 is None:
+                x = solver(t, self.op)
+            else:
+                start = as_start(x0, x_shape, t.dtype)
+                x = solver(t, self.op, init=(start, start.clone()))  # FISTA's (x, z) pair
         return restore(x)
 
     def lipschitz_bound(self) -> float:

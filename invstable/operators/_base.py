@@ -67,6 +67,14 @@ class Operator(LinearPhysics):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
+def state_version(module: torch.nn.Module) -> tuple:
+    """A key that changes whenever a parameter or buffer of ``module`` is replaced or modified in place
+    (``load_state_dict``, ``.to()``, ``mul_``): caches of derived quantities such as norms use it."""
+    return tuple((name, t.data_ptr(), t._version, t.dtype, str(t.device))
+                 for name, t in list(module.named_parameters()) + list(module.named_buffers())
+                 if t.layout == torch.strided)
+
+
 def finite_or_inf(value: float) -> float:
     """A float, with NaN mapped to ``inf`` (nothing certified is better than a NaN certificate)."""
     value = float(value)

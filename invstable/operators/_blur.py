@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from deepinv.physics.functional import conv2d, conv_transpose2d
 
-from ._base import Operator, check_tensor
+from ._base import Operator, check_tensor, state_version
 
 _BOUNDARIES = ("circular", "valid", "reflect", "replicate", "zeros")
 
@@ -82,9 +82,10 @@ class Blur(Operator):
         check_tensor(kernel, "kernel")
         if np.isscalar(image_size):
             image_size = (image_size, image_size)
-        image_size = tuple(int(v) for v in image_size)
-        if len(image_size) != 2 or min(image_size) < 1:
+        if len(image_size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                           for v in image_size) or min(image_size) < 1:
             raise ValueError(f"image_size must be an int or a pair (H, W) of positive ints, got {image_size!r}")
+        image_size = tuple(int(v) for v in image_size)
         if kernel.shape[0] > image_size[0] or kernel.shape[1] > image_size[1]:
             raise ValueError(f"kernel of shape {tuple(kernel.shape)} is larger than the image {image_size}")
         if boundary not in _BOUNDARIES:
@@ -93,7 +94,7 @@ class Blur(Operator):
         self.image_size = image_size
         self.boundary = boundary
         self.register_buffer("kernel", kernel.to(torch.float64).clone())
-        self._norm = None
+        self._norm_cache: tuple | None = None  # (state_version, norm): recomputed when the kernel changes
 
     # -- the transfer function of the circular convolution --------------------------------------------
     def transfer_function(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -113,18 +114,20 @@ class Blur(Operator):
     def norm_bound(self) -> float:
         """Exact ``max |k^|`` for the circular boundary; ``||k||_1`` (Young's inequality) for ``"valid"`` and
         ``"zeros"``; ``||k||_1 sqrt(kh kw)`` (the padding's norm) for reflect and replicate."""
-        if self._norm is None:
+        key = state_version(self)
+        if self._norm_cache is None or self._norm_cache[0] != key:
             if self.boundary == "circular":
-                norm = float(self.transfer_function().abs().max()) * (1 + 1e-12)
+                # margin 1e-6 covers the float32 rounding of the applied transfer function
+                norm = float(self.transfer_function().abs().max()) * (1 + 1e-6)
             else:
                 norm = float(self.kernel.abs().sum())
                 if self.boundary in ("reflect", "replicate"):
                     # padding copies pixels: along an axis with k - 1 padded positions a pixel appears at most
                     # k times, so ||P||^2 <= kh * kw
-                    kh, kw = self.kernel.shape
+                    kh, kw = self._conv_kernel().shape
                     norm *= math.sqrt(kh * kw)
-            self._norm = norm
-        return self._norm
+            self._norm_cache = (key, norm)
+        return self._norm_cache[1]
 
     def measurement_shape(self, x_shape):
         if self.boundary == "valid":
@@ -159,10 +162,21 @@ class Blur(Operator):
             k_hat = k_hat.conj()
         return torch.fft.ifft2(torch.fft.fft2(t.to(compute)) * k_hat).real.to(t.dtype)
 
+    def _conv_kernel(self) -> torch.Tensor:
+        """The kernel handed to deepinv. With reflect or replicate padding deepinv's transpose is wrong for a
+        kernel axis of size 1 (deepinv 0.5), so such an axis is zero-padded to 3: same centre, same map."""
+        k = self.kernel
+        if self.boundary in ("reflect", "replicate"):
+            pad_w = 1 if k.shape[1] == 1 else 0
+            pad_h = 1 if k.shape[0] == 1 else 0
+            if pad_w or pad_h:
+                k = torch.nn.functional.pad(k, (pad_w, pad_w, pad_h, pad_h))
+        return k
+
     def _padded_conv(self, t: torch.Tensor, conv) -> torch.Tensor:
         """deepinv's convolution (4-D only) over any leading axes."""
         lead = t.shape[:-2]
-        out = conv(t.reshape(-1, 1, *t.shape[-2:]), self.kernel.to(device=t.device, dtype=t.dtype)[None, None],
+        out = conv(t.reshape(-1, 1, *t.shape[-2:]), self._conv_kernel().to(device=t.device, dtype=t.dtype)[None, None],
                    padding=self.boundary)
         return out.reshape(*lead, *out.shape[-2:])
 

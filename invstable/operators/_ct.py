@@ -157,6 +157,26 @@ class ParallelBeamCT(Operator):
             self._cache[key] = tuple(_to_torch_csr(m, dtype, device) for m in mats)
         return self._cache[key]
 
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_cache"] = {}  # torch sparse tensors cannot be deep-copied or pickled; they are rebuilt lazily
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "angles"
+        if key in state_dict and (state_dict[key].shape != self.angles.shape
+                                  or not torch.equal(state_dict[key].to(self.angles), self.angles)):
+            error_msgs.append(
+                f"{key}: the state holds other angles ({state_dict[key].numel()} of them) than this "
+                f"ParallelBeamCT ({self.n_angles}); the geometry is configuration, not state: build the operator "
+                f"with operator_from_config(config) instead"
+            )
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def _apply(self, fn, *args, **kwargs):
         self._cache = {}  # moved or cast: rebuild the torch matrices lazily on the new device
         return super()._apply(fn, *args, **kwargs)

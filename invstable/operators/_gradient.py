@@ -76,13 +76,16 @@ class Gradient(Operator):
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         check_tensor(x, "x")
-        if x.ndim < 2:
-            raise ValueError(f"x has shape {tuple(x.shape)}; the gradient takes images (..., H, W)")
+        if x.ndim < 3:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; the gradient takes batched images (B, H, W) or (B, C, H, W). "
+                f"For a matrix operator, pass in_shape=(1, H, W) so that its images have spatial axes"
+            )
         return torch.stack([_diff(x, -2, self.boundary), _diff(x, -1, self.boundary)], dim=-3)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         check_tensor(y, "y")
-        if y.ndim < 3 or y.shape[-3] != 2:
-            raise ValueError(f"y has shape {tuple(y.shape)}; the gradient's adjoint takes (..., 2, H, W)")
+        if y.ndim < 4 or y.shape[-3] != 2:
+            raise ValueError(f"y has shape {tuple(y.shape)}; the gradient's adjoint takes (B, [C,] 2, H, W)")
         # Adjoint of the stack along -3 of two differences; axis -2 of y[..., k, :, :] is image axis -2.
         return _diff_adjoint(y[..., 0, :, :], -2, self.boundary) + _diff_adjoint(y[..., 1, :, :], -1, self.boundary)

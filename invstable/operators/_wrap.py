@@ -12,7 +12,7 @@ import scipy.sparse.linalg as spla
 import torch
 from deepinv.physics import LinearPhysics, Physics
 
-from ._base import Operator, check_tensor
+from ._base import Operator, check_tensor, state_version
 
 
 def _shape_tuple(in_shape, what: str = "in_shape") -> tuple[int, ...]:
@@ -46,29 +46,26 @@ class MatrixOperator(Operator):
 
     def __init__(self, matrix, in_shape=None, **kwargs):
         if sp.issparse(matrix):
+            if not np.issubdtype(matrix.dtype, np.floating):
+                raise TypeError(f"matrix has dtype {matrix.dtype}; pass a real floating-point matrix "
+                                f"(e.g. M.astype(np.float64))")
             csr = sp.csr_matrix(matrix)
-            dtype = torch.float64 if csr.dtype == np.float64 else torch.float32
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                sparse = torch.sparse_csr_tensor(
-                    torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int64)),
-                    torch.from_numpy(np.asarray(csr.data, dtype=np.float64)).to(dtype), size=csr.shape,
-                    check_invariants=False,
-                )
-            dense = None
-            shape = csr.shape
+            parts = (torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int64)),
+                     torch.from_numpy(np.asarray(csr.data)))
+            dense, shape = None, csr.shape
         else:
             t = matrix if isinstance(matrix, torch.Tensor) else torch.as_tensor(np.asarray(matrix))
             if t.ndim != 2:
                 raise ValueError(f"a matrix operator needs a 2-D matrix (m, n), got shape {tuple(t.shape)}")
-            if t.layout != torch.strided:
-                dense, sparse = None, t.to_sparse_csr()
-            else:
-                dense, sparse = t, None
             shape = tuple(t.shape)
-        probe = dense if dense is not None else sparse.values()
+            if t.layout != torch.strided:
+                c = t.to_sparse_csr()
+                dense, parts = None, (c.crow_indices().long(), c.col_indices().long(), c.values())
+            else:
+                dense, parts = t, None
+        probe = dense if dense is not None else parts[2]
         if not probe.is_floating_point():
-            raise TypeError(f"matrix has dtype {probe.dtype}; pass a floating-point matrix (e.g. M.astype(float))")
+            raise TypeError(f"matrix has dtype {probe.dtype}; pass a real floating-point matrix (e.g. M.astype(float))")
         check_tensor(probe, "matrix")
         m, n = shape
         in_shape = (n,) if in_shape is None else _shape_tuple(in_shape)
@@ -80,21 +77,24 @@ class MatrixOperator(Operator):
         super().__init__(**kwargs)
         self.in_shape = in_shape
         self.out_size = m
+        self.n_columns = n
+        self.sparse = dense is None
         if dense is not None:
             self.register_buffer("matrix", dense.clone())
-            self._sparse = None
-        else:
-            self.matrix = None
-            self._sparse = sparse
-        self._norm = None
+        else:  # CSR parts as buffers: they travel with state_dict, .to() and deepcopy
+            self.register_buffer("crow_indices", parts[0].clone())
+            self.register_buffer("col_indices", parts[1].clone())
+            self.register_buffer("values", parts[2].clone())
+        self._norm_cache: tuple | None = None
 
-    def _apply(self, fn, *args, **kwargs):
-        if getattr(self, "_sparse", None) is not None:
-            self._sparse = fn(self._sparse)
-        return super()._apply(fn, *args, **kwargs)
+    def _csr(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
+                                           size=(self.out_size, self.n_columns), check_invariants=False)
 
     def _mat(self, like: torch.Tensor) -> torch.Tensor:
-        mat = self.matrix if self.matrix is not None else self._sparse
+        mat = self.matrix if not self.sparse else self._csr()
         return mat.to(device=like.device, dtype=like.dtype)
 
     def measurement_shape(self, x_shape):
@@ -104,20 +104,23 @@ class MatrixOperator(Operator):
         return (y_shape[0], *self.in_shape)
 
     def norm_bound(self) -> float:
-        if self._norm is None:
-            if self.matrix is not None:
+        """Exact spectral norm (dense SVD, or ARPACK for sparse matrices) with a relative margin of 1e-9."""
+        key = state_version(self)
+        if self._norm_cache is None or self._norm_cache[0] != key:
+            if not self.sparse:
                 value = float(torch.linalg.matrix_norm(self.matrix.double().cpu(), ord=2))
             else:
-                s = self._sparse.cpu().to(torch.float64)
-                csr = sp.csr_matrix((s.values().numpy(), s.col_indices().numpy(), s.crow_indices().numpy()),
-                                    shape=tuple(s.shape))
-                if min(csr.shape) <= 2:
+                csr = sp.csr_matrix((self.values.double().cpu().numpy(), self.col_indices.cpu().numpy(),
+                                     self.crow_indices.cpu().numpy()), shape=(self.out_size, self.n_columns))
+                if csr.nnz == 0:
+                    value = 0.0
+                elif min(csr.shape) <= 2:
                     value = float(np.linalg.norm(csr.toarray(), 2))
                 else:
                     v0 = np.random.default_rng(0).standard_normal(min(csr.shape))
                     value = float(spla.svds(csr, k=1, tol=1e-12, return_singular_vectors=False, v0=v0)[0])
-            self._norm = value * (1 + 1e-9)
-        return self._norm
+            self._norm_cache = (key, value * (1 + 1e-9))
+        return self._norm_cache[1]
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         check_tensor(x, "x")
@@ -157,7 +160,6 @@ class CallableOperator(Operator):
         self._forward = forward
         self._adjoint = adjoint
         self.in_shape = _shape_tuple(in_shape)
-        self._norm = None
         if check:
             from ._check import check_operator  # noqa: PLC0415 (the check needs the class defined)
 

@@ -28,12 +28,22 @@ def default_detectors(image_size: int) -> int:
 
 
 def angles_in_degrees(angles) -> np.ndarray:
-    """``n`` -> ``n`` angles uniform in [0, 180) degrees; an array of degrees is passed through."""
-    if isinstance(angles, (int, np.integer)) and not isinstance(angles, bool):
-        if angles < 1:
-            raise ValueError(f"angles must be a positive count or a list of degrees, got {angles}")
-        return np.linspace(0.0, 180.0, int(angles), endpoint=False)
-    theta = np.asarray(angles, dtype=np.float64).reshape(-1)
+    """``n`` (an integer) -> ``n`` angles uniform in [0, 180) degrees; a 1-D sequence of degrees is passed through."""
+    if isinstance(angles, bool):
+        raise TypeError(f"angles must be a positive count or a list of degrees, got {angles!r}")
+    array = np.asarray(angles.detach().cpu() if hasattr(angles, "detach") else angles)
+    if array.ndim == 0:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(
+                f"angles={angles!r} is a single non-integer value; pass a count (int) or a list of degrees, "
+                f"e.g. [{float(array)}] for one angle"
+            )
+        if int(array) < 1:
+            raise ValueError(f"angles must be a positive count or a list of degrees, got {int(array)}")
+        return np.linspace(0.0, 180.0, int(array), endpoint=False)
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)):
+        raise ValueError(f"angles must be a count or a 1-D list of degrees, got an array of shape {array.shape}")
+    theta = array.astype(np.float64)
     if theta.size == 0 or not np.all(np.isfinite(theta)):
         raise ValueError(f"angles must be a positive count or a non-empty list of finite degrees, got {angles!r}")
     return theta
