@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import invstable.nn as inn
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one thread avoids OpenMP contention (restored after)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def tol(dtype: torch.dtype) -> float:

@@ -180,7 +180,7 @@ class _Operator(nn.Module):
         self.power_iterations = power_iterations
         self.init_iterations = init_iterations
         self.differentiate_iteration = bool(differentiate_iteration)
-        self.register_buffer("_v", torch.zeros(0))
+        self.register_buffer("_v", torch.zeros(0))  # dtype/device follow the weight (see _ensure_vector)
 
     # --- to be given by subclasses
     def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -269,7 +269,7 @@ class _Operator(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "_v"
         if key in state_dict and state_dict[key].shape != self._v.shape:
-            self._v = torch.zeros_like(state_dict[key], dtype=self._v.dtype, device=self._v.device)
+            self._v = torch.zeros_like(state_dict[key], dtype=self.weight.dtype, device=self.weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
