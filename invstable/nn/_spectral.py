@@ -180,7 +180,10 @@ class _Operator(nn.Module):
         self.power_iterations = power_iterations
         self.init_iterations = init_iterations
         self.differentiate_iteration = bool(differentiate_iteration)
-        self.register_buffer("_v", torch.zeros(0))  # dtype/device follow the weight (see _ensure_vector)
+        # warm-start pair: unit input vector v and unit output vector u = A v / ||A v|| (persistent buffers;
+        # dtype/device follow the weight, see _ensure_vector)
+        self.register_buffer("_v", torch.zeros(0))
+        self.register_buffer("_u", torch.zeros(0))
 
     # --- to be given by subclasses
     def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,54 +208,68 @@ class _Operator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x)
 
+    @staticmethod
+    def _normalise(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """``t / ||t||``, or ``fallback`` if ``t`` vanished or is not finite (zero or non-finite weights)."""
+        norm = t.norm()
+        ok = torch.isfinite(norm) & (norm > _TINY)
+        return torch.where(ok, t / norm.clamp_min(_TINY), fallback)
+
     def _iterate(self, v: torch.Tensor, n: int, weight: torch.Tensor) -> torch.Tensor:
-        fresh = None
+        """``n`` steps of ``v <- A^T A v / ||A^T A v||``."""
         for _ in range(n):
-            u = self.adjoint(self.apply(v, weight), weight)
-            norm = u.norm()
-            if fresh is None:
-                fresh = _hash_vector(tuple(v.shape), dtype=v.dtype, device=v.device)
-            # restart from a fresh vector if the iterate vanished or blew up (zero or non-finite weights)
-            ok = torch.isfinite(norm) & (norm > _TINY)
-            v = torch.where(ok, u / norm.clamp_min(_TINY), fresh)
+            v = self._normalise(self.adjoint(self.apply(v, weight), weight), v)
         return v
 
     def _ensure_vector(self, x: torch.Tensor | None) -> bool:
-        """Create the warm-start vector for this input size if needed; True when one is available."""
+        """Create the warm-start vectors for this input size if needed; True when they are available."""
         shape = self._vector_shape(x)
         if shape is None:
             return self._v.numel() > 0
         if tuple(self._v.shape) != shape or self._v.dtype != self.weight.dtype or self._v.device != self.weight.device:
-            v = _hash_vector(shape, dtype=self.weight.dtype, device=self.weight.device)
-            with torch.no_grad():
-                self._v = self._iterate(v, self.init_iterations, self.weight.detach())
+            self._restart(_hash_vector(shape, dtype=self.weight.dtype, device=self.weight.device),
+                          self.init_iterations)
         return True
+
+    @torch.no_grad()
+    def _restart(self, v: torch.Tensor, iterations: int) -> None:
+        w = self.weight.detach()
+        v = self._iterate(v, iterations, w)
+        u = self.apply(v, w)
+        self._v, self._u = v, self._normalise(u, u)
 
     def estimate(self, x: torch.Tensor | None = None, *, iterate: bool | None = None) -> torch.Tensor:
         """``(1 + margin) ||A v||``: the value of ``||A||`` used by constraints (a 0-dim tensor).
 
-        In training mode the warm-start vector first takes ``power_iterations`` steps (without gradient unless
-        ``differentiate_iteration``); in eval mode it is left as it is, so that the map is fixed and
-        ``lipschitz_bound()`` certifies exactly the map that eval-mode forward computes. Gradient flows to the
-        weight through ``||A v||``.
+        In training mode the warm-start pair first takes ``power_iterations`` steps: ``v <- A^T u / ||.||``,
+        and, after the norm is taken, ``u <- A v / ||A v||`` (the product ``A v`` serves both the norm and
+        the next step, so one iteration costs one application of ``A^T`` and one of ``A``). No gradient flows
+        through the iteration unless ``differentiate_iteration``. In eval mode nothing is updated, so the
+        map is fixed, equal to the map of the last training-mode call, and ``lipschitz_bound()`` certifies
+        exactly it. Gradient flows to the weight through ``||A v||``.
         """
         if not self._ensure_vector(x):
             raise ValueError(
                 "the norm of this convolution depends on the input size, which is not known yet; "
                 "call the layer on an input first (or refresh_spectral_norms(model, input_size=(H, W)))"
             )
-        v = self._v
         if iterate is None:
             iterate = self.training
-        if iterate and self.power_iterations > 0:
-            if self.differentiate_iteration:
-                v = self._iterate(v, self.power_iterations, self.weight)
-                self._v = v.detach()
-            else:
-                with torch.no_grad():
-                    v = self._iterate(v, self.power_iterations, self.weight.detach())
-                self._v = v
-        return self.apply(v).norm() * (1.0 + self.margin)
+        if not (iterate and self.power_iterations > 0):
+            return self.apply(self._v).norm() * (1.0 + self.margin)
+        if self.differentiate_iteration:
+            v = self._normalise(self.adjoint(self._u, self.weight), self._v)
+            v = self._iterate(v, self.power_iterations - 1, self.weight)
+        else:
+            with torch.no_grad():
+                w = self.weight.detach()
+                v = self._normalise(self.adjoint(self._u, w), self._v)
+                v = self._iterate(v, self.power_iterations - 1, w)
+        y = self.apply(v)
+        with torch.no_grad():
+            self._v = v.detach()
+            self._u = self._normalise(y.detach(), self._u)
+        return y.norm() * (1.0 + self.margin)
 
     @torch.no_grad()
     def refresh(self, iterations: int = INIT_ITERATIONS, *, input_size: tuple[int, int] | None = None) -> None:
@@ -261,15 +278,20 @@ class _Operator(nn.Module):
             self._ensure_input_size(tuple(input_size))
         if self._v.numel() == 0:
             return
-        self._v = self._iterate(self._v, iterations, self.weight.detach())
+        v = self._v
+        if not bool(torch.isfinite(v).all()):  # host-side check, allowed here: re-seed after NaN weights
+            v = _hash_vector(tuple(v.shape), dtype=v.dtype, device=v.device)
+        self._restart(v, iterations)
 
     def _ensure_input_size(self, input_size: tuple[int, int]) -> None:
         pass
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "_v"
-        if key in state_dict and state_dict[key].shape != self._v.shape:
-            self._v = torch.zeros_like(state_dict[key], dtype=self.weight.dtype, device=self.weight.device)
+        for name in ("_v", "_u"):
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                setattr(self, name, torch.zeros_like(state_dict[key], dtype=self.weight.dtype,
+                                                     device=self.weight.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
