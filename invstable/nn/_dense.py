@@ -36,8 +36,12 @@ class DenseUnit(StableModule):
         return torch.clamp(self.max_norm / self.operator.estimate(x, iterate=iterate), max=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._scale(x, None) * self.operator.weight
-        return self.step * self._sigma(self.operator.apply(x, w) + self.bias)
+        if self.constrained:
+            kx, sigma = self.operator.apply_and_estimate(x)
+            kx = torch.clamp(self.max_norm / sigma, max=1.0) * kx
+        else:
+            kx = self.operator.apply(x)
+        return self.step * self._sigma(kx + self.bias)
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:

@@ -136,10 +136,17 @@ class GradientFlowLayer(StableModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, channels=self.channels, features=self.features, weight=self.operator.weight)
-        h = self._step_tensor(x, None)
         op, mu = self.operator, self.strong_convexity
-        for _ in range(self.substeps):
-            grad = op.adjoint(self._sigma(op.apply(x) + self.bias))
+        h = self.step / self.substeps
+        if self.constrained:  # W x and the norm estimate in one application of W
+            wx, sigma = op.apply_and_estimate(x)
+            h = torch.clamp(2.0 / (sigma * sigma + 2.0 * mu), max=h)
+        else:
+            wx = op.apply(x)
+        for i in range(self.substeps):
+            if i > 0:
+                wx = op.apply(x)
+            grad = op.adjoint(self._sigma(wx + self.bias))
             if mu:
                 grad = grad + mu * x
             x = x - h * grad

@@ -214,8 +214,11 @@ class LeapfrogLayer(_PairLayer):
 
     def _accel(self, y, iterate):
         op = self.operator
-        w = self._scale(op, y, iterate) * op.weight
-        return self._sigma(-op.adjoint(op.apply(y, w), w) + self.bias)
+        if not self.constrained:
+            return self._sigma(-op.adjoint(op.apply(y)) + self.bias)
+        cy, sigma = op.apply_and_estimate(y, iterate=iterate)
+        s = torch.clamp(self.max_step_norm / (self.step * sigma), max=1.0)
+        return self._sigma(-(s * s) * op.adjoint(cy) + self.bias)
 
     def _check(self, a, b):
         for name, t in (("y_prev", a), ("y", b)):
@@ -319,8 +322,11 @@ class SymplecticEulerLayer(_PairLayer):
         return torch.clamp(math.sqrt(self.max_step_norm / self.step) / op.estimate(x, iterate=iterate), max=1.0)
 
     def _force(self, op, bias, x, iterate):
-        w = self._scale(op, x, iterate) * op.weight
-        return op.adjoint(self._sigma(op.apply(x, w) + bias), w)
+        if not self.constrained:
+            return op.adjoint(self._sigma(op.apply(x) + bias))
+        kx, sigma = op.apply_and_estimate(x, iterate=iterate)
+        s = torch.clamp(math.sqrt(self.max_step_norm / self.step) / sigma, max=1.0)
+        return s * op.adjoint(self._sigma(s * kx + bias))
 
     def _check(self, y, z):
         for name, t in (("y", y), ("z", z)):

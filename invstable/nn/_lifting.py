@@ -22,7 +22,11 @@ class _Constrained(StableModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, channels=self._in, features=self._features, weight=self.operator.weight)
-        y = self.operator.apply(x, self._scale(x, None) * self.operator.weight)
+        if self.constrained:  # s A x = A (s x): one application of A gives A x and the norm estimate
+            ax, sigma = self.operator.apply_and_estimate(x)
+            y = torch.clamp(self.bound / sigma, max=1.0) * ax
+        else:
+            y = self.operator.apply(x)
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()

@@ -271,6 +271,35 @@ class _Operator(nn.Module):
             self._u = self._normalise(y.detach(), self._u)
         return y.norm() * (1.0 + self.margin)
 
+    def apply_and_estimate(self, x: torch.Tensor, *, iterate: bool | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A x, estimate)`` with ``A v`` computed in the same call as ``A x`` (``v`` appended to the batch).
+
+        Same values and same state updates as ``(self.apply(x), self.estimate(x, iterate=iterate))``, but the
+        norm costs no separate application of ``A``: the cheap way for layers that apply the raw weight first
+        and rescale afterwards (``s A x = A (s x)``).
+        """
+        if not self._ensure_vector(x):  # pragma: no cover - x always gives the size
+            raise ValueError("input size unknown")
+        if iterate is None:
+            iterate = self.training
+        if iterate and self.power_iterations > 0:
+            with torch.no_grad():
+                w = self.weight.detach()
+                v = self._normalise(self.adjoint(self._u, w), self._v)
+                v = self._iterate(v, self.power_iterations - 1, w)
+        else:
+            v = self._v
+        if self.differentiate_iteration and iterate:
+            return self.apply(x), self.estimate(x, iterate=True)
+        y = self.apply(torch.cat([x, v.to(x.dtype)], dim=0))
+        ax, av = y[:-1], y[-1:]
+        if iterate and self.power_iterations > 0:
+            with torch.no_grad():
+                self._v = v
+                self._u = self._normalise(av.detach(), self._u)
+        return ax, av.norm() * (1.0 + self.margin)
+
     @torch.no_grad()
     def refresh(self, iterations: int = INIT_ITERATIONS, *, input_size: tuple[int, int] | None = None) -> None:
         """Run many power iterations from the stored vector (e.g. before export or certification)."""
