@@ -36,6 +36,9 @@ class GradientFlowLayer(StableModule):
         ``h / n``; ``n`` is a host-side integer recomputed by :meth:`update_substeps` (called by
         :func:`refresh_spectral_norms`), never in ``forward`` (no host-device synchronisation); between two
         updates each sub-step is also clamped, so the condition holds at every forward pass regardless.
+    max_substeps : int, default 64
+        Cap on ``n`` for "split"; beyond it the sub-steps are clamped (the layer stays non-expansive but
+        covers less than the requested time ``h``).
     contraction : float in (0, 1], default 1
         Factor ``c``; ``c < 1`` makes the layer a strict contraction with Lipschitz constant ``c``.
     strong_convexity : float >= 0, default 0
@@ -86,7 +89,8 @@ class GradientFlowLayer(StableModule):
 
     def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0,
                  activation: str = "relu", step_control: str = "clamp", contraction: float = 1.0,
-                 strong_convexity: float = 0.0, features: str = "image", kernel_size: int = 3,
+                 strong_convexity: float = 0.0, max_substeps: int = 64, features: str = "image",
+                 kernel_size: int = 3,
                  padding_mode: str = "zeros", constrained: bool = True, margin: float = SAFETY_MARGIN,
                  power_iterations: int = 1, rng: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
@@ -104,6 +108,9 @@ class GradientFlowLayer(StableModule):
         self.activation_name = activation
         self._sigma = get_activation(activation)
         self.step_control = step_control
+        if isinstance(max_substeps, bool) or not isinstance(max_substeps, int) or max_substeps < 1:
+            raise ValueError(f"max_substeps must be a positive int, got {max_substeps!r}")
+        self.max_substeps = max_substeps
         self.contraction = float(contraction)
         self.strong_convexity = float(strong_convexity)
         self.constrained = bool(constrained)
@@ -131,7 +138,10 @@ class GradientFlowLayer(StableModule):
             return self.substeps
         sigma = float(self.operator.estimate(iterate=False).item())
         need = self.step * (sigma * sigma + 2.0 * self.strong_convexity) / 2.0
-        self.substeps = max(1, math.ceil(need)) if math.isfinite(need) else self.substeps
+        if math.isfinite(need):
+            self.substeps = min(max(1, math.ceil(need)), self.max_substeps)
+        else:
+            self.substeps = self.max_substeps
         return self.substeps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

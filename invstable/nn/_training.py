@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._dense import DenseNetwork
+from ._spectral import refresh_spectral_norms
 
 
 def _layers(network: nn.Module) -> nn.ModuleList:
@@ -64,7 +65,8 @@ def prolong(network: nn.Module) -> nn.Module:
     the fine layer ``k`` at :math:`t_k = kh/2` takes :math:`K(t_k)` interpolated linearly between the coarse
     layers (constant beyond the last). Fine networks therefore reproduce the coarse function up to the
     discretisation error of the underlying ODE (first order in ``h``), which the tests check.
-    Power-iteration vectors are copied from the nearest coarse layer (they are warm starts, not weights).
+    Power-iteration vectors are copied from the nearest coarse layer and then refreshed
+    (:func:`refresh_spectral_norms`).
     For a gradient-flow stack with a contraction factor ``c < 1`` the fine layers use ``sqrt(c)``, so that
     the end-to-end factor is unchanged.
 
@@ -109,4 +111,6 @@ def prolong(network: nn.Module) -> nn.Module:
             layer.update_substeps()
         fine.append(layer)
     new.layers = nn.ModuleList(fine)
+    # the copied warm starts belong to neighbouring weights: converge them for the new ones
+    refresh_spectral_norms(new)
     return new
