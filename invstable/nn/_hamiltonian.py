@@ -1,0 +1,362 @@
+"""Hamiltonian layers (Haber & Ruthotto 2017; Galimberti et al. 2023): symplectic, exactly reversible steps.
+
+Each layer acts on a pair of states and has an exact inverse. The step-size condition of each scheme is
+enforced in the forward pass by rescaling the weight, from the warm-started power-iteration estimate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._base import (SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step, make_bias,
+                    make_operator, shear_norm)
+from ._base import activation as get_activation
+
+
+def _check_tau(name, value):
+    if not (isinstance(value, (int, float)) and 0 < value < 2):
+        raise ValueError(f"{name} must be in (0, 2) (the stability limit of the linearised step), got {value!r}")
+    return float(value)
+
+
+class _PairLayer(StableModule):
+    """Common plumbing: ``forward(a, b) -> (a', b')`` and ``inverse(a', b') -> (a, b)``."""
+
+    def _bound_norm(self, op, power):
+        """``s ||K||`` with the scale of the eval-mode map (certified norm of the raw weight)."""
+        sigma = op.norm_bound()
+        if not self.constrained:
+            return sigma
+        if not op.has_estimate:
+            # scale not fixed yet: the condition caps h (s ||K||)^power at tau up to the margin of safety of
+            # the estimate, which cannot be certified before the first input; fall back to the raw norm
+            return sigma
+        s = float(self._scale(op, None, False))
+        return s * sigma
+
+
+class VerletLayer(_PairLayer):
+    r"""Verlet step of the Hamiltonian system of Haber & Ruthotto (2017, Eq. (3.5)-(3.6)).
+
+    .. math::
+
+        z_{j+1} = z_j - h\,\sigma(s K^\top y_j + b_z), \qquad
+        y_{j+1} = y_j + h\,\sigma(s K z_{j+1} + b_y),
+
+    the discretisation of :math:`y' = \sigma(K z + b)`, :math:`z' = -\sigma(K^\top y + b)`. ``K`` maps the
+    auxiliary state ``z`` (``aux_channels``) to ``y`` (``channels``), so it may be non-square.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of ``y`` (the state the network returns).
+    aux_channels : int, optional
+        Channels of ``z``; default ``channels``.
+    step : float, default 1.0
+    max_step_norm : float in (0, 2), default 1.0
+        ``tau``: the step-size condition ``h ||s K|| <= tau`` is enforced by the scale
+        ``s = min(1, tau / (h ||K||_est))``. For the linearised system ``z'' = -K^T D K z`` the leapfrog
+        step is stable (eigenvalues on the unit circle) iff ``h ||K|| < 2``.
+    activation : default "tanh"
+    constrained : bool, default True
+    features, kernel_size, padding_mode, margin, power_iterations, rng, dtype, device :
+        see :class:`GradientFlowLayer`.
+
+    Notes
+    -----
+    Each half-step is a shear :math:`(y, z) \mapsto (y, z - h g(y))` with :math:`\mathrm{Lip}(g) \le \|sK\|`,
+    whose Jacobian :math:`[[I, 0], [-hG, I]]` has norm at most :math:`(a + \sqrt{a^2 + 4})/2` with
+    :math:`a = h\|sK\|`. ``lipschitz_bound()`` returns the square of this (for the pair ``(y, z)``), a finite
+    but worst-case bound. The step is exactly invertible: :meth:`inverse`.
+
+    References
+    ----------
+    .. [1] E. Haber, L. Ruthotto, "Stable architectures for deep neural networks", Inverse Problems 34 (2018),
+       Sec. 3.2 (Hamiltonian-inspired networks) and Eq. (3.6) (Verlet).
+    .. [2] B. Chang et al., "Reversible architectures for arbitrarily deep residual neural networks", AAAI 2018.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.nn import VerletLayer
+    >>> layer = VerletLayer(2, aux_channels=3, step=0.5, features="vector").eval()
+    >>> y, z = torch.randn(4, 2), torch.randn(4, 3)
+    >>> y0, z0 = layer.inverse(*layer(y, z))
+    >>> bool(torch.allclose(y0, y, atol=1e-5) and torch.allclose(z0, z, atol=1e-5))
+    True
+    """
+
+    def __init__(self, channels: int, *, aux_channels: int | None = None, step: float = 1.0,
+                 max_step_norm: float = 1.0, activation: str = "tanh", features: str = "image",
+                 kernel_size: int = 3, padding_mode: str = "zeros", constrained: bool = True,
+                 margin: float = SAFETY_MARGIN, power_iterations: int = 1, rng: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.step = check_step(step)
+        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
+        aux_channels = channels if aux_channels is None else aux_channels
+        self.channels, self.aux_channels, self.features = channels, aux_channels, features
+        self.activation_name = activation
+        self._sigma = get_activation(activation)
+        self.constrained = bool(constrained)
+        self.operator = make_operator(features, aux_channels, channels, kernel_size=kernel_size,
+                                      padding_mode=padding_mode, margin=margin,
+                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
+        self.bias_y = make_bias(features, channels, dtype, device)
+        self.bias_z = make_bias(features, aux_channels, dtype, device)
+
+    def _scale(self, op, x, iterate):
+        if not self.constrained:
+            return 1.0
+        return torch.clamp(self.max_step_norm / (self.step * op.estimate(x, iterate=iterate)), max=1.0)
+
+    def _check(self, y, z):
+        check_input(y, channels=self.channels, features=self.features, weight=self.operator.weight, name="y")
+        check_input(z, channels=self.aux_channels, features=self.features, weight=self.operator.weight,
+                    name="z")
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(y, z)
+        op, h = self.operator, self.step
+        w = self._scale(op, z, None) * op.weight
+        z = z - h * self._sigma(op.adjoint(y, w) + self.bias_z)
+        y = y + h * self._sigma(op.apply(z, w) + self.bias_y)
+        return y, z
+
+    def inverse(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the step backwards (the eval-mode map; the power-iteration vector is not updated)."""
+        self._check(y, z)
+        op, h = self.operator, self.step
+        w = self._scale(op, z, False) * op.weight
+        y = y - h * self._sigma(op.apply(z, w) + self.bias_y)
+        z = z + h * self._sigma(op.adjoint(y, w) + self.bias_z)
+        return y, z
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        """Certified bound for the pair map ``(y, z) -> (y', z')``: ``((a + sqrt(a^2+4))/2)^2``, ``a = h||sK||``."""
+        check_finite_weights(self)
+        a = self.step * self._bound_norm(self.operator, 1)
+        return shear_norm(a) ** 2
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, aux_channels={self.aux_channels}, step={self.step}, "
+                f"max_step_norm={self.max_step_norm}, activation={self.activation_name!r}, "
+                f"constrained={self.constrained}")
+
+
+class LeapfrogLayer(_PairLayer):
+    r"""Leapfrog step of the second-order network :math:`y'' = \sigma(K y + b)`, :math:`K = -C^\top C`.
+
+    .. math::
+
+        y_{j+1} = 2 y_j - y_{j-1} + h^2 \sigma(-s^2 C^\top C y_j + b)
+
+    (Haber & Ruthotto 2017, Eq. (3.7)-(3.8)). The layer maps the pair ``(y_{j-1}, y_j)`` to
+    ``(y_j, y_{j+1})``.
+
+    Parameters
+    ----------
+    channels : int
+    hidden : int, optional
+        Rows of ``C``; default ``channels``.
+    step : float, default 1.0
+    max_step_norm : float in (0, 2), default 1.0
+        ``tau``: ``h ||s C|| <= tau``. For the linear problem :math:`y'' = -C^\top C y` the leapfrog scheme
+        is stable iff :math:`h^2 \|C\|^2 < 4`.
+    activation : default "tanh"
+    constrained, features, kernel_size, padding_mode, margin, power_iterations, rng, dtype, device :
+        see :class:`GradientFlowLayer`.
+
+    Notes
+    -----
+    The Jacobian of the pair map is :math:`[[0, I], [-I, M]]` with
+    :math:`\|M\| = \|2I - h^2 D s^2 C^\top C\| \le m = 2 + h^2 s^2 \|C\|^2`, so its norm is at most
+    :math:`(m + \sqrt{m^2 + 4})/2`, the value of ``lipschitz_bound()``. This is a worst-case bound (a
+    second-order system can grow linearly in time even when stable), large for deep networks. The step is
+    exactly invertible: :meth:`inverse`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.nn import LeapfrogLayer
+    >>> layer = LeapfrogLayer(2, step=0.5, features="vector").eval()
+    >>> a, b = torch.randn(3, 2), torch.randn(3, 2)
+    >>> a0, b0 = layer.inverse(*layer(a, b))
+    >>> bool(torch.allclose(a0, a, atol=1e-5))
+    True
+    """
+
+    def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0,
+                 max_step_norm: float = 1.0, activation: str = "tanh", features: str = "image",
+                 kernel_size: int = 3, padding_mode: str = "zeros", constrained: bool = True,
+                 margin: float = SAFETY_MARGIN, power_iterations: int = 1, rng: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.step = check_step(step)
+        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
+        hidden = channels if hidden is None else hidden
+        self.channels, self.hidden, self.features = channels, hidden, features
+        self.activation_name = activation
+        self._sigma = get_activation(activation)
+        self.constrained = bool(constrained)
+        self.operator = make_operator(features, channels, hidden, kernel_size=kernel_size,
+                                      padding_mode=padding_mode, margin=margin,
+                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
+        self.bias = make_bias(features, channels, dtype, device)
+
+    def _scale(self, op, x, iterate):
+        if not self.constrained:
+            return 1.0
+        return torch.clamp(self.max_step_norm / (self.step * op.estimate(x, iterate=iterate)), max=1.0)
+
+    def _accel(self, y, iterate):
+        op = self.operator
+        if not self.constrained:
+            return self._sigma(-op.adjoint(op.apply(y)) + self.bias)
+        cy, sigma = op.apply_and_estimate(y, iterate=iterate)
+        s = torch.clamp(self.max_step_norm / (self.step * sigma), max=1.0)
+        return self._sigma(-(s * s) * op.adjoint(cy) + self.bias)
+
+    def _check(self, a, b):
+        for name, t in (("y_prev", a), ("y", b)):
+            check_input(t, channels=self.channels, features=self.features, weight=self.operator.weight,
+                        name=name)
+
+    def forward(self, y_prev: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(y_prev, y)
+        return y, 2 * y - y_prev + self.step**2 * self._accel(y, None)
+
+    def inverse(self, y: torch.Tensor, y_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the step backwards: ``(y_j, y_{j+1}) -> (y_{j-1}, y_j)`` (eval-mode map)."""
+        self._check(y, y_next)
+        return 2 * y - y_next + self.step**2 * self._accel(y, False), y
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        """Certified bound for the pair map: ``(m + sqrt(m^2+4))/2`` with ``m = 2 + h^2 ||sC||^2``."""
+        check_finite_weights(self)
+        c = self._bound_norm(self.operator, 1)
+        return shear_norm(2.0 + self.step**2 * c * c)
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, hidden={self.hidden}, step={self.step}, "
+                f"max_step_norm={self.max_step_norm}, activation={self.activation_name!r}, "
+                f"constrained={self.constrained}")
+
+
+class SymplecticEulerLayer(_PairLayer):
+    r"""Symplectic-Euler step of a separable Hamiltonian network (Galimberti et al. 2023).
+
+    With :math:`H(y, z) = 1^\top\phi(s_1 K_1 z + b_1) + 1^\top\phi(s_2 K_2 y + b_2)`, :math:`\phi' = \sigma`,
+
+    .. math::
+
+        y_{j+1} = y_j + h\,s_1 K_1^\top \sigma(s_1 K_1 z_j + b_1), \qquad
+        z_{j+1} = z_j - h\,s_2 K_2^\top \sigma(s_2 K_2 y_{j+1} + b_2),
+
+    the symplectic Euler discretisation of :math:`y' = \partial_z H`, :math:`z' = -\partial_y H`; ``y`` and
+    ``z`` have the same number of channels.
+
+    Parameters
+    ----------
+    channels : int
+    hidden : int, optional
+        Rows of ``K_1`` and ``K_2``; default ``channels``.
+    step : float, default 1.0
+    max_step_norm : float in (0, 2), default 1.0
+        ``tau``: ``h ||s_i K_i||^2 <= tau`` for both weights (for a linear ``sigma`` the step is stable iff
+        ``h^2 ||K_1||^2 ||K_2||^2 < 4``).
+    activation, constrained, features, kernel_size, padding_mode, margin, power_iterations, rng, dtype,
+    device : see :class:`GradientFlowLayer`.
+
+    Notes
+    -----
+    Two shears with symmetric-positive-semidefinite Jacobian blocks of norm at most
+    :math:`a_i = h\|s_i K_i\|^2`: ``lipschitz_bound()`` is
+    :math:`\prod_i (a_i + \sqrt{a_i^2 + 4}) / 2` for the pair ``(y, z)``. Exactly invertible.
+
+    References
+    ----------
+    .. [1] C. L. Galimberti, L. Furieri, L. Xu, G. Ferrari-Trecate, "Hamiltonian deep neural networks
+       guaranteeing nonvanishing gradients by design", IEEE TAC 68 (2023), Eq. (9)-(12).
+    .. [2] E. Celledoni, D. Murari, B. Owren, C.-B. Schönlieb, F. Sherry, "Dynamical systems' based neural
+       networks", SIAM J. Sci. Comput. 45 (2023).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.nn import SymplecticEulerLayer
+    >>> layer = SymplecticEulerLayer(2, step=0.5, features="vector").eval()
+    >>> y, z = torch.randn(3, 2), torch.randn(3, 2)
+    >>> y0, z0 = layer.inverse(*layer(y, z))
+    >>> bool(torch.allclose(y0, y, atol=1e-5))
+    True
+    """
+
+    def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0,
+                 max_step_norm: float = 1.0, activation: str = "tanh", features: str = "image",
+                 kernel_size: int = 3, padding_mode: str = "zeros", constrained: bool = True,
+                 margin: float = SAFETY_MARGIN, power_iterations: int = 1, rng: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.step = check_step(step)
+        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
+        hidden = channels if hidden is None else hidden
+        self.channels, self.aux_channels, self.hidden, self.features = channels, channels, hidden, features
+        self.activation_name = activation
+        self._sigma = get_activation(activation)
+        self.constrained = bool(constrained)
+        kw = dict(kernel_size=kernel_size, padding_mode=padding_mode, margin=margin,
+                  power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
+        self.operator_z = make_operator(features, channels, hidden, **kw)
+        self.operator_y = make_operator(features, channels, hidden, **kw)
+        self.bias_z = make_bias(features, hidden, dtype, device)
+        self.bias_y = make_bias(features, hidden, dtype, device)
+
+    def _scale(self, op, x, iterate):
+        if not self.constrained:
+            return 1.0
+        return torch.clamp(math.sqrt(self.max_step_norm / self.step) / op.estimate(x, iterate=iterate), max=1.0)
+
+    def _force(self, op, bias, x, iterate):
+        if not self.constrained:
+            return op.adjoint(self._sigma(op.apply(x) + bias))
+        kx, sigma = op.apply_and_estimate(x, iterate=iterate)
+        s = torch.clamp(math.sqrt(self.max_step_norm / self.step) / sigma, max=1.0)
+        return s * op.adjoint(self._sigma(s * kx + bias))
+
+    def _check(self, y, z):
+        for name, t in (("y", y), ("z", z)):
+            check_input(t, channels=self.channels, features=self.features, weight=self.operator_y.weight,
+                        name=name)
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(y, z)
+        y = y + self.step * self._force(self.operator_z, self.bias_z, z, None)
+        z = z - self.step * self._force(self.operator_y, self.bias_y, y, None)
+        return y, z
+
+    def inverse(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the step backwards (eval-mode map)."""
+        self._check(y, z)
+        z = z + self.step * self._force(self.operator_y, self.bias_y, y, False)
+        y = y - self.step * self._force(self.operator_z, self.bias_z, z, False)
+        return y, z
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        """Certified bound for the pair map: ``prod_i (a_i + sqrt(a_i^2+4))/2``, ``a_i = h ||s_i K_i||^2``."""
+        check_finite_weights(self)
+        out = 1.0
+        for op in (self.operator_z, self.operator_y):
+            n = self._bound_norm(op, 2)
+            out *= shear_norm(self.step * n * n)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, hidden={self.hidden}, step={self.step}, "
+                f"max_step_norm={self.max_step_norm}, activation={self.activation_name!r}, "
+                f"constrained={self.constrained}")

@@ -1,0 +1,498 @@
+"""Operator norms: exact values, certified bounds and warm-started power iteration.
+
+A linear map ``A`` (a matrix acting on vectors, or a ``k x k`` convolution acting on images of a given size)
+enters every stability constraint of :mod:`invstable.nn` through its operator norm ``||A||_2``. Two numbers
+are kept apart:
+
+* the *estimate* used in the forward pass: warm-started power iteration on ``A^T A`` (one iteration per
+  training step), which approaches ``||A||`` from below, inflated by a stated safety margin
+  (:data:`SAFETY_MARGIN`); it is cheap, stays on the device and never synchronises with the host;
+* the *certified value* used by ``lipschitz_bound()``: the exact norm computed densely in float64 (singular
+  values of the matrix, or of the Fourier symbol of the convolution on a grid on which the zero-padded
+  convolution is a compression of a circular one). It is an upper bound whatever the state of the power
+  iteration, so a certificate never depends on the iteration having converged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SAFETY_MARGIN",
+    "INIT_ITERATIONS",
+    "DenseOperator",
+    "ConvOperator",
+    "matrix_norm",
+    "conv_operator_norm",
+    "conv_norm_bound",
+    "refresh_spectral_norms",
+]
+
+#: Relative safety margin of the power-iteration estimate: the value used in a constraint is
+#: ``(1 + SAFETY_MARGIN) * ||A v||`` with ``v`` the warm-started unit vector. Power iteration approaches the
+#: norm from below; with :data:`INIT_ITERATIONS` iterations at initialisation (or at a new input size) and one
+#: per training step afterwards, the tests check that the inflated estimate covers the exact norm.
+SAFETY_MARGIN = 0.05
+
+#: Iterations run when the warm-start vector is created (initialisation, new input size) and by
+#: :func:`refresh_spectral_norms` (export).
+INIT_ITERATIONS = 100
+
+_TINY = 1e-30
+# float64 rounding slack on certified norms (relative)
+_ROUNDING = 1e-9
+
+
+def _hash_vector(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A deterministic, pseudo-random unit-norm start vector built on the device (no RNG, no host copy)."""
+    n = math.prod(shape)
+    i = torch.arange(1, n + 1, dtype=torch.float64, device=device)
+    v = torch.frac(torch.sin(i * 12.9898 + 78.233) * 43758.5453) - 0.5
+    v = v / v.norm()
+    return v.reshape(shape).to(dtype)
+
+
+def matrix_norm(weight: torch.Tensor) -> float:
+    """Spectral norm of a matrix, computed exactly (SVD in float64) and rounded up.
+
+    Parameters
+    ----------
+    weight : torch.Tensor, shape (m, n)
+
+    Returns
+    -------
+    float
+        ``||weight||_2`` times ``1 + 1e-9`` (float64 rounding slack); ``math.inf`` for non-finite entries.
+    """
+    w = weight.detach().to(torch.float64)
+    if not torch.isfinite(w).all():
+        return math.inf
+    if w.numel() == 0:
+        return 0.0
+    return float(torch.linalg.matrix_norm(w, ord=2).item()) * (1 + _ROUNDING)
+
+
+def _symbol_norms(kernel: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Largest singular value of the Fourier symbol of ``kernel`` at every frequency of ``grid``."""
+    c_out, c_in, kh, kw = kernel.shape
+    n1, n2 = grid
+    ph, pw = kh // 2, kw // 2
+    big = torch.zeros(c_out, c_in, n1, n2, dtype=torch.float64, device=kernel.device)
+    for a in range(kh):
+        for b in range(kw):
+            # taps that wrap onto the same position (grid smaller than the kernel) add up
+            big[:, :, (a - ph) % n1, (b - pw) % n2] += kernel[:, :, a, b]
+    sym = torch.fft.fft2(big).permute(2, 3, 0, 1)  # (n1, n2, c_out, c_in)
+    return torch.linalg.svdvals(sym)[..., 0]
+
+
+def conv_operator_norm(
+    kernel: torch.Tensor, input_size: tuple[int, int], *, padding_mode: str = "zeros"
+) -> float:
+    """Operator norm of a stride-1 'same' convolution at a given input size (certified, float64).
+
+    Parameters
+    ----------
+    kernel : torch.Tensor, shape (C_out, C_in, k, k), k odd
+    input_size : (H, W)
+    padding_mode : {"zeros", "circular"}
+
+    Returns
+    -------
+    float
+        For circular padding, the exact norm: the largest singular value of the ``C_out x C_in`` symbol
+        matrices at the ``H x W`` DFT frequencies (Sedghi, Gupta & Long 2019, Theorem 6). For zero padding, the
+        exact norm of the explicit matrix when ``max(C_in, C_out) H W <= DENSE_LIMIT``; above, the circular
+        norm on the ``(H + k//2) x (W + k//2)`` grid: the zero-padded convolution is a compression
+        (zero-embedding, circular convolution, crop) of that circular one, so the value is an upper bound,
+        a little above the exact norm (by about ``(pi / H)^2`` relative, less than the safety margin for
+        ``H >= 16``). Rounded up by ``1e-9`` relative; ``math.inf`` for non-finite kernels.
+    """
+    k = kernel.detach().to(torch.float64)
+    if not torch.isfinite(k).all():
+        return math.inf
+    h, w = int(input_size[0]), int(input_size[1])
+    if padding_mode == "zeros":
+        if max(k.shape[0], k.shape[1]) * h * w <= DENSE_LIMIT:
+            return _dense_conv_norm(k, (h, w)) * (1 + _ROUNDING)
+        grid = (h + k.shape[2] // 2, w + k.shape[3] // 2)
+    elif padding_mode == "circular":
+        grid = (h, w)
+    else:
+        raise ValueError(f"padding_mode={padding_mode!r} is not supported; use 'zeros' or 'circular'")
+    return float(_symbol_norms(k, grid).max().item()) * (1 + _ROUNDING)
+
+
+#: Largest ``max(C_in, C_out) * H * W`` for which :func:`conv_operator_norm` (zero padding) builds the
+#: explicit matrix and takes its exact norm.
+DENSE_LIMIT = 1024
+
+
+def _dense_conv_norm(k: torch.Tensor, size: tuple[int, int]) -> float:
+    c_in = k.shape[1]
+    n = c_in * size[0] * size[1]
+    basis = torch.eye(n, dtype=torch.float64, device=k.device).reshape(n, c_in, *size)
+    mat = F.conv2d(basis, k, padding=(k.shape[-2] // 2, k.shape[-1] // 2)).reshape(n, -1)
+    return float(torch.linalg.matrix_norm(mat, ord=2).item())
+
+
+def conv_norm_bound(kernel: torch.Tensor, *, grid: int = 64) -> float:
+    """Upper bound on the norm of a stride-1 'same' convolution at *every* input size and padding.
+
+    Every such operator is a compression of the convolution on the whole lattice, whose norm is the supremum
+    of the symbol ``||K(w)||`` over frequencies ``w``. The supremum is bounded by its maximum on a
+    ``grid x grid`` lattice plus the largest possible variation between lattice points,
+    ``pi / grid * sum_t (|t_1| + |t_2|) ||K_t||_F``.
+    """
+    k = kernel.detach().to(torch.float64)
+    if not torch.isfinite(k).all():
+        return math.inf
+    kh, kw = k.shape[2], k.shape[3]
+    t1 = torch.arange(kh, dtype=torch.float64, device=k.device) - kh // 2
+    t2 = torch.arange(kw, dtype=torch.float64, device=k.device) - kw // 2
+    taps = torch.linalg.matrix_norm(k.permute(2, 3, 0, 1), ord="fro")  # (kh, kw)
+    variation = math.pi / grid * float((taps * (t1.abs()[:, None] + t2.abs()[None, :])).sum().item())
+    return (float(_symbol_norms(k, (grid, grid)).max().item()) + variation) * (1 + _ROUNDING)
+
+
+class _Operator(nn.Module):
+    """A linear map with a learnable weight and a warm-started power-iteration estimate of its norm.
+
+    Subclasses give ``apply``, ``adjoint``, the shape of the start vector for an input and the certified
+    norm; everything else (warm start, margin, no-grad iteration, state_dict resizing) lives here.
+    """
+
+    weight: torch.Tensor
+
+    def __init__(self, *, margin: float, power_iterations: int, init_iterations: int,
+                 differentiate_iteration: bool) -> None:
+        super().__init__()
+        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+        for name, val in (("power_iterations", power_iterations), ("init_iterations", init_iterations)):
+            if not (isinstance(val, int) and val >= 0):
+                raise ValueError(f"{name} must be an int >= 0, got {val!r}")
+        self.margin = float(margin)
+        self.power_iterations = power_iterations
+        self.init_iterations = init_iterations
+        self.differentiate_iteration = bool(differentiate_iteration)
+        # warm-start pair: unit input vector v and unit output vector u = A v / ||A v|| (persistent buffers;
+        # dtype/device follow the weight, see _ensure_vector)
+        self.register_buffer("_v", torch.zeros(0))
+        self.register_buffer("_u", torch.zeros(0))
+
+    # --- to be given by subclasses
+    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _vector_shape(self, x: torch.Tensor | None) -> tuple[int, ...] | None:
+        raise NotImplementedError
+
+    def norm_bound(self) -> float:
+        """Certified ``||A||`` for the raw weight (float64, from the current weights)."""
+        raise NotImplementedError
+
+    # --- shared machinery
+    @property
+    def has_estimate(self) -> bool:
+        """Whether a warm-start vector exists (convolutions get one at their first input)."""
+        return self._v.numel() > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x)
+
+    @staticmethod
+    def _normalise(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """``t / ||t||``, or ``fallback`` if ``t`` vanished or is not finite (zero or non-finite weights)."""
+        norm = t.norm()
+        ok = torch.isfinite(norm) & (norm > _TINY)
+        return torch.where(ok, t / norm.clamp_min(_TINY), fallback)
+
+    def _iterate(self, v: torch.Tensor, n: int, weight: torch.Tensor) -> torch.Tensor:
+        """``n`` steps of ``v <- A^T A v / ||A^T A v||``."""
+        for _ in range(n):
+            v = self._normalise(self.adjoint(self.apply(v, weight), weight), v)
+        return v
+
+    def _ensure_vector(self, x: torch.Tensor | None) -> bool:
+        """Create the warm-start vectors for this input size if needed; True when they are available."""
+        shape = self._vector_shape(x)
+        if shape is None:
+            return self._v.numel() > 0
+        if tuple(self._v.shape) != shape or self._v.dtype != self.weight.dtype or self._v.device != self.weight.device:
+            self._restart(_hash_vector(shape, dtype=self.weight.dtype, device=self.weight.device),
+                          self.init_iterations)
+        return True
+
+    @torch.no_grad()
+    def _restart(self, v: torch.Tensor, iterations: int) -> None:
+        w = self.weight.detach()
+        v = self._iterate(v, iterations, w)
+        u = self.apply(v, w)
+        self._v, self._u = v, self._normalise(u, u)
+
+    def estimate(self, x: torch.Tensor | None = None, *, iterate: bool | None = None) -> torch.Tensor:
+        """``(1 + margin) ||A v||``: the value of ``||A||`` used by constraints (a 0-dim tensor).
+
+        In training mode the warm-start pair first takes ``power_iterations`` steps: ``v <- A^T u / ||.||``,
+        and, after the norm is taken, ``u <- A v / ||A v||`` (the product ``A v`` serves both the norm and
+        the next step, so one iteration costs one application of ``A^T`` and one of ``A``). No gradient flows
+        through the iteration unless ``differentiate_iteration``. In eval mode nothing is updated, so the
+        map is fixed, equal to the map of the last training-mode call, and ``lipschitz_bound()`` certifies
+        exactly it. Gradient flows to the weight through ``||A v||``.
+        """
+        if not self._ensure_vector(x):
+            raise ValueError(
+                "the norm of this convolution depends on the input size, which is not known yet; "
+                "call the layer on an input first (or refresh_spectral_norms(model, input_size=(H, W)))"
+            )
+        if iterate is None:
+            iterate = self.training
+        if not (iterate and self.power_iterations > 0):
+            return self.apply(self._v).norm() * (1.0 + self.margin)
+        if self.differentiate_iteration:
+            v = self._normalise(self.adjoint(self._u, self.weight), self._v)
+            v = self._iterate(v, self.power_iterations - 1, self.weight)
+        else:
+            with torch.no_grad():
+                w = self.weight.detach()
+                v = self._normalise(self.adjoint(self._u, w), self._v)
+                v = self._iterate(v, self.power_iterations - 1, w)
+        y = self.apply(v)
+        with torch.no_grad():
+            self._v = v.detach()
+            self._u = self._normalise(y.detach(), self._u)
+        return y.norm() * (1.0 + self.margin)
+
+    def apply_and_estimate(self, x: torch.Tensor, *, iterate: bool | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A x, estimate)``: the raw map and the norm estimate, for layers that rescale after applying
+        ``A`` (``s A x = A (s x)``).
+
+        Appending ``v`` to the batch of ``x`` to get ``A v`` from the same call was measured slower on CPU
+        (concatenation and slicing cost more than a batch-1 convolution), so the two are computed apart.
+        """
+        return self.apply(x), self.estimate(x, iterate=iterate)
+
+    @torch.no_grad()
+    def refresh(self, iterations: int = INIT_ITERATIONS, *, input_size: tuple[int, int] | None = None) -> None:
+        """Run many power iterations from the stored vector (e.g. before export or certification)."""
+        if input_size is not None:
+            self._ensure_input_size(tuple(input_size))
+        if self._v.numel() == 0:
+            return
+        v = self._v
+        if not bool(torch.isfinite(v).all()):  # host-side check, allowed here: re-seed after NaN weights
+            v = _hash_vector(tuple(v.shape), dtype=v.dtype, device=v.device)
+        self._restart(v, iterations)
+
+    def _ensure_input_size(self, input_size: tuple[int, int]) -> None:
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("_v", "_u"):
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                setattr(self, name, torch.zeros_like(state_dict[key], dtype=self.weight.dtype,
+                                                     device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _init_weight(shape, fan_in, rng, dtype, device, gain=1.0):
+    w = torch.randn(shape, generator=rng, dtype=torch.float64) * (gain / math.sqrt(fan_in))
+    return nn.Parameter(w.to(dtype=dtype or torch.get_default_dtype(), device=device))
+
+
+class DenseOperator(_Operator):
+    """A matrix ``W`` (out_features x in_features) acting on vectors ``(B, in_features)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    margin : float, default :data:`SAFETY_MARGIN`
+    power_iterations : int, default 1
+        Power-iteration steps per training-mode call of :meth:`estimate`.
+    init_iterations : int, default :data:`INIT_ITERATIONS`
+    differentiate_iteration : bool, default False
+        Let gradients flow through the power iteration.
+    rng : torch.Generator, optional
+        Generator (on the CPU) for the initial weight ``N(0, 1/in_features)``.
+    dtype, device : optional
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.nn import DenseOperator
+    >>> op = DenseOperator(3, 5, rng=torch.Generator().manual_seed(0))
+    >>> op.apply(torch.ones(2, 3)).shape
+    torch.Size([2, 5])
+    >>> float(op.estimate().detach()) >= op.norm_bound()
+    True
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, margin: float = SAFETY_MARGIN,
+                 power_iterations: int = 1, init_iterations: int = INIT_ITERATIONS,
+                 differentiate_iteration: bool = False, rng: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__(margin=margin, power_iterations=power_iterations, init_iterations=init_iterations,
+                         differentiate_iteration=differentiate_iteration)
+        _check_positive_int(in_features=in_features, out_features=out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = _init_weight((out_features, in_features), in_features, rng, dtype, device)
+        self._ensure_vector(None)
+
+    def apply(self, x, weight=None):
+        return x @ (self.weight if weight is None else weight).T
+
+    def adjoint(self, y, weight=None):
+        return y @ (self.weight if weight is None else weight)
+
+    def antisymmetric_weight(self, scale, gamma: float = 0.0):
+        """Matrix ``scale (W - W^T) - gamma I`` (square weights only)."""
+        w = self.weight
+        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        return scale * (w - w.T) - gamma * eye
+
+    def norm_of(self, weight: torch.Tensor) -> float:
+        """Certified norm of the map with another weight of the same kind."""
+        return matrix_norm(weight)
+
+    def _vector_shape(self, x):
+        return (1, self.in_features)
+
+    def norm_bound(self) -> float:
+        return matrix_norm(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, margin={self.margin}"
+
+
+class ConvOperator(_Operator):
+    """A stride-1 'same' ``k x k`` convolution ``C_in -> C_out`` acting on images ``(B, C_in, H, W)``.
+
+    Its norm is the norm of the operator at the input size (not of the reshaped kernel), so the warm-start
+    vector has the shape ``(1, C_in, H, W)`` of one input; it is re-created (and iterated
+    ``init_iterations`` times) when the input size changes. Parameters as :class:`DenseOperator`, plus
+    ``kernel_size`` (odd) and ``padding_mode`` ("zeros" or "circular").
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.nn import ConvOperator
+    >>> op = ConvOperator(2, 4, rng=torch.Generator().manual_seed(0))
+    >>> op.apply(torch.ones(1, 2, 8, 8)).shape
+    torch.Size([1, 4, 8, 8])
+    >>> float(op.estimate(torch.ones(1, 2, 8, 8)).detach()) >= op.norm_bound()
+    True
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
+                 padding_mode: str = "zeros", margin: float = SAFETY_MARGIN, power_iterations: int = 1,
+                 init_iterations: int = INIT_ITERATIONS, differentiate_iteration: bool = False,
+                 rng: torch.Generator | None = None, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(margin=margin, power_iterations=power_iterations, init_iterations=init_iterations,
+                         differentiate_iteration=differentiate_iteration)
+        _check_positive_int(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (a 'same' convolution), got {kernel_size}")
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"padding_mode={padding_mode!r} is not supported; use 'zeros' or 'circular'")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.padding_mode = kernel_size, padding_mode
+        self.weight = _init_weight((out_channels, in_channels, kernel_size, kernel_size),
+                                   in_channels * kernel_size**2, rng, dtype, device)
+
+    def _pad(self, x):
+        p = self.kernel_size // 2
+        if self.padding_mode == "circular":
+            return F.pad(x, (p, p, p, p), mode="circular"), 0
+        return x, p
+
+    def apply(self, x, weight=None):
+        w = self.weight if weight is None else weight
+        xp, p = self._pad(x)
+        return F.conv2d(xp, w, padding=p)
+
+    def adjoint(self, y, weight=None):
+        w = self.weight if weight is None else weight
+        yp, p = self._pad(y)
+        return F.conv2d(yp, w.transpose(0, 1).flip(2, 3), padding=p)
+
+    def antisymmetric_weight(self, scale, gamma: float = 0.0):
+        """Kernel of ``scale (K - K^T) - gamma I`` (square: C_in == C_out)."""
+        w = self.weight
+        k = scale * (w - w.transpose(0, 1).flip(2, 3))
+        if gamma:
+            c, p = w.shape[0], self.kernel_size // 2
+            eye = torch.zeros_like(w)
+            eye[torch.arange(c), torch.arange(c), p, p] = 1.0
+            k = k - gamma * eye
+        return k
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The spatial size the warm-start vector (and the certificate) refer to; None before any input."""
+        return tuple(self._v.shape[-2:]) if self._v.dim() == 4 else None
+
+    def _vector_shape(self, x):
+        if x is None:
+            return None
+        return (1, self.in_channels, x.shape[-2], x.shape[-1])
+
+    def _ensure_input_size(self, input_size):
+        self._ensure_vector(torch.empty(1, self.in_channels, *input_size, device="meta"))
+
+    def norm_of(self, weight: torch.Tensor) -> float:
+        """Certified norm of the convolution with another kernel, at the current input size."""
+        size = self.input_size
+        if size is None:
+            return conv_norm_bound(weight)
+        # at a known size the value is at most the all-size bound (both are certified; this one is tighter)
+        return conv_operator_norm(weight, size, padding_mode=self.padding_mode)
+
+    def norm_bound(self) -> float:
+        """Certified norm at the input size last seen (at every size before the first input)."""
+        return self.norm_of(self.weight)
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"kernel_size={self.kernel_size}, padding_mode={self.padding_mode!r}, margin={self.margin}")
+
+
+def _check_positive_int(**values) -> None:
+    for name, val in values.items():
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+
+
+def refresh_spectral_norms(module: nn.Module, *, iterations: int = INIT_ITERATIONS,
+                           input_size: tuple[int, int] | None = None) -> nn.Module:
+    """Run ``iterations`` power iterations in every operator of ``module`` (before export or certification).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    iterations : int
+    input_size : (H, W), optional
+        For convolutions: the image size to certify; by default the size each one last saw.
+
+    Returns
+    -------
+    module
+    """
+    for sub in module.modules():
+        if isinstance(sub, _Operator):
+            sub.refresh(iterations, input_size=input_size)
+    for sub in module.modules():
+        update = getattr(sub, "update_substeps", None)
+        if callable(update):
+            update()
+    return module
