@@ -2,6 +2,7 @@
 
 from . import baselines as baselines
 from . import data as data
+from . import nn as nn
 from . import operators as operators
 from .baselines import Tikhonov as Tikhonov
 from .baselines import TotalVariation as TotalVariation
