@@ -182,7 +182,8 @@ class Tikhonov:
             raise TypeError(f"op must be a deepinv LinearPhysics (see invstable.as_operator), got {type(op).__name__}")
         if not (tol > 0) or not (isinstance(max_iter, int) and max_iter >= 1):
             raise ValueError(f"tol must be > 0 and max_iter a positive int, got tol={tol!r}, max_iter={max_iter!r}")
-        as_alpha(alpha, int(np.size(alpha)), torch.zeros(()))  # validate now, not at the first call
+        as_alpha(alpha, alpha.numel() if isinstance(alpha, torch.Tensor) else int(np.size(alpha)),
+                 torch.zeros(()))  # validate now, not at the first call
         self.op = op
         self.alpha = alpha
         self.regularizer = regularizer_operator(regularizer)
