@@ -87,7 +87,7 @@ class ParallelBeamCT(Operator):
     form a sparse matrix, built once per geometry (cached) and applied with sparse-dense products; the
     adjoint is the product with its stored transpose, so it is exact up to the rounding of the sums.
     A sparse projector is faster than a matrix-free rotation on CPU for the sizes of the protocols
-    (128 x 128) and costs :math:`O(n^3 \cdot \text{angles})` memory: for CT-180 at 128 x 128, 6.5 million
+    (128 x 128) and costs :math:`O(n^2 \cdot \text{angles})` memory: for CT-180 at 128 x 128, 6.5 million
     non-zeros, about 52 MB per stored matrix in float32 (the projector and its transpose are both kept), and
     16 times that at 512 x 512 with 180 angles.
 
