@@ -98,8 +98,8 @@ class AntisymmetricLayer(StableModule):
         """Certified ``1 + h ||s (K - K^T) - gamma I||`` for the eval-mode map in the current state."""
         check_finite_weights(self)
         if self.constrained and not self.operator.has_estimate:
-            # scale not fixed yet: s in (0, 1], ||s A - gamma I|| <= 2 s ||K|| + gamma
-            norm = 2 * min(self.operator.norm_bound(), self.max_norm * (1 + 1e-9)) + self.gamma
+            # scale not fixed yet: s in (0, 1], ||s A - gamma I|| <= s ||K - K^T|| + gamma <= 2 ||K|| + gamma
+            norm = 2 * self.operator.norm_bound() + self.gamma
         else:
             w = self.operator.antisymmetric_weight(self._scale(None, False), self.gamma)
             norm = self.operator.norm_of(w)

@@ -50,8 +50,7 @@ class DenseUnit(StableModule):
         if self.constrained:
             if self.operator.has_estimate:
                 sigma *= float(self._scale(None, False))
-            else:
-                sigma = min(sigma, self.max_norm * (1 + 1e-9))
+            # before the first input only s <= 1 is certain: the raw norm stands
         return self.step * sigma
 
 

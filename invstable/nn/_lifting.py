@@ -34,7 +34,9 @@ class _Constrained(StableModule):
         """Certified operator norm of the eval-mode map (the bias does not count)."""
         check_finite_weights(self)
         if self.constrained and not self.operator.has_estimate:
-            return min(self.operator.norm_bound(), self.bound * (1 + 1e-9))
+            # the scale s <= 1 is not fixed until the first input, and the estimate it will use may fall short
+            # of the norm: only s ||K|| <= ||K|| is certain
+            return self.operator.norm_bound()
         return self.operator.norm_of(self.effective_weight())
 
 

@@ -246,7 +246,8 @@ class _Operator(nn.Module):
         the next step, so one iteration costs one application of ``A^T`` and one of ``A``). No gradient flows
         through the iteration unless ``differentiate_iteration``. In eval mode nothing is updated, so the
         map is fixed, equal to the map of the last training-mode call, and ``lipschitz_bound()`` certifies
-        exactly it. Gradient flows to the weight through ``||A v||``.
+        exactly it. In training mode the value is ``max(||A v_old||, ||A v_new||)``: never below the value the
+        previous state would use. Gradient flows to the weight through the norms.
         """
         if not self._ensure_vector(x):
             raise ValueError(
@@ -266,10 +267,16 @@ class _Operator(nn.Module):
                 v = self._normalise(self.adjoint(self._u, w), self._v)
                 v = self._iterate(v, self.power_iterations - 1, w)
         y = self.apply(v)
+        # ||A v_old|| and ||A v_new|| are both lower bounds on ||A||: taking the larger means a training-mode call
+        # never uses a larger step or scale than the map certified just before it (the weights may have moved
+        # since v_old was computed, and one iteration from a stale vector can land lower)
+        previous = self.apply(self._v)
         with torch.no_grad():
-            self._v = v.detach()
+            # keep the vector that gave the larger value, so that the eval-mode map (which uses ||A v||) is the
+            # map of this call; u carries the iteration forward either way
+            self._v = torch.where(y.norm() >= previous.norm(), v.detach(), self._v)
             self._u = self._normalise(y.detach(), self._u)
-        return y.norm() * (1.0 + self.margin)
+        return torch.maximum(y.norm(), previous.norm()) * (1.0 + self.margin)
 
     def apply_and_estimate(self, x: torch.Tensor, *, iterate: bool | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
