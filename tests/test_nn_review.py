@@ -90,3 +90,9 @@ def test_training_call_after_a_weight_change_stays_within_the_bound_reported_bef
         out = layer(torch.cat([x, x + d]))  # one training-mode call maps both points
     assert float((out[1] - out[0]).norm() / d.norm()) <= before
     assert layer.lipschitz_bound() >= float((out[1] - out[0]).norm() / d.norm())
+
+
+@pytest.mark.parametrize("gamma", [float("inf"), float("nan"), -0.1, True])
+def test_antisymmetric_gamma_must_be_finite_and_nonnegative(gamma):
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+        inn.AntisymmetricLayer(4, gamma=gamma)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._base import (SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step, make_bias,
@@ -70,8 +72,8 @@ class AntisymmetricLayer(StableModule):
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.step = check_step(step)
-        if not (isinstance(gamma, (int, float)) and gamma >= 0):
-            raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+        if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
         self.max_norm = check_step(max_norm) if max_norm is not None else None
         self.gamma = float(gamma)
         self.channels, self.features = channels, features
