@@ -266,11 +266,11 @@ class _Operator(nn.Module):
                 w = self.weight.detach()
                 v = self._normalise(self.adjoint(self._u, w), self._v)
                 v = self._iterate(v, self.power_iterations - 1, w)
-        y = self.apply(v)
         # ||A v_old|| and ||A v_new|| are both lower bounds on ||A||: taking the larger means a training-mode call
         # never uses a larger step or scale than the map certified just before it (the weights may have moved
-        # since v_old was computed, and one iteration from a stale vector can land lower)
-        previous = self.apply(self._v)
+        # since v_old was computed, and one iteration from a stale vector can land lower). One batch of two.
+        both = self.apply(torch.cat([v, self._v.to(v.dtype)]))
+        y, previous = both[:1], both[1:]
         with torch.no_grad():
             # keep the vector that gave the larger value, so that the eval-mode map (which uses ||A v||) is the
             # map of this call; u carries the iteration forward either way
