@@ -10,8 +10,6 @@ it works inside deepinv, and any deepinv linear physics works in invstable. Our 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from deepinv.physics import LinearPhysics
 
@@ -32,7 +30,7 @@ def check_tensor(t: torch.Tensor, name: str) -> None:
 class Operator(LinearPhysics):
     """Base class of invstable's linear operators (a deepinv ``LinearPhysics``).
 
-    Subclasses implement ``A``, ``A_adjoint``, ``in_shape_of``/``measurement_shape``, ``config`` and
+    Subclasses implement ``A``, ``A_adjoint``, ``measurement_shape``, ``config`` and
     ``norm_bound``.
     """
 
@@ -49,10 +47,6 @@ class Operator(LinearPhysics):
 
     def measurement_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of ``A x`` for an ``x`` of shape ``x_shape`` (batch axis included)."""
-        raise NotImplementedError
-
-    def image_shape(self, y_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of ``A^T y`` for a ``y`` of shape ``y_shape`` (batch axis included)."""
         raise NotImplementedError
 
     #: number of axes of a batched measurement (``None`` when it is not fixed)
@@ -73,9 +67,3 @@ def state_version(module: torch.nn.Module) -> tuple:
     return tuple((name, t.data_ptr(), t._version, t.dtype, str(t.device))
                  for name, t in list(module.named_parameters()) + list(module.named_buffers())
                  if t.layout == torch.strided)
-
-
-def finite_or_inf(value: float) -> float:
-    """A float, with NaN mapped to ``inf`` (nothing certified is better than a NaN certificate)."""
-    value = float(value)
-    return math.inf if math.isnan(value) else value

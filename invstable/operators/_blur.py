@@ -135,8 +135,6 @@ class Blur(Operator):
             return (*x_shape[:-2], x_shape[-2] - kh + 1, x_shape[-1] - kw + 1)
         return tuple(x_shape)
 
-    def image_shape(self, y_shape):
-        return (*y_shape[:-2], *self.image_size)
 
     def check_image(self, x: torch.Tensor, name: str = "x") -> None:
         check_tensor(x, name)

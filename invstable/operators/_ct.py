@@ -144,8 +144,6 @@ class ParallelBeamCT(Operator):
     def measurement_shape(self, x_shape):
         return (*x_shape[:-2], self.detectors, self.n_angles)
 
-    def image_shape(self, y_shape):
-        return (*y_shape[:-2], self.image_size, self.image_size)
 
     def _matrices(self, which: str, dtype: torch.dtype, device: torch.device):
         key = (which, dtype, device)

@@ -64,8 +64,6 @@ class Gradient(Operator):
     def measurement_shape(self, x_shape):
         return (*x_shape[:-2], 2, *x_shape[-2:])
 
-    def image_shape(self, y_shape):
-        return (*y_shape[:-3], *y_shape[-2:])
 
     def transfer_function_sq(self, shape: tuple[int, int], *, dtype=torch.float64, device=None) -> torch.Tensor:
         """``|L^(w)|^2`` on the ``H x W`` FFT grid (circular boundary only)."""

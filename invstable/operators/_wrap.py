@@ -100,8 +100,6 @@ class MatrixOperator(Operator):
     def measurement_shape(self, x_shape):
         return (x_shape[0], self.out_size)
 
-    def image_shape(self, y_shape):
-        return (y_shape[0], *self.in_shape)
 
     def norm_bound(self) -> float:
         """Exact spectral norm (dense SVD, or ARPACK for sparse matrices) with a relative margin of 1e-9."""
@@ -175,8 +173,6 @@ class CallableOperator(Operator):
         with torch.no_grad():
             return tuple(self._forward(torch.zeros(x_shape)).shape)
 
-    def image_shape(self, y_shape):
-        return (y_shape[0], *self.in_shape)
 
 
 def as_operator(obj, *, in_shape=None) -> LinearPhysics:
