@@ -88,7 +88,7 @@ class AntisymmetricLayer(StableModule):
     def _scale(self, x, iterate):
         if not self.constrained:
             return 1.0
-        return torch.clamp(self.max_norm / self.operator.estimate(x, iterate=iterate), max=1.0)
+        return self.operator.scale_to(self.max_norm, x, iterate=iterate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, channels=self.channels, features=self.features, weight=self.operator.weight)

@@ -33,7 +33,7 @@ class DenseUnit(StableModule):
     def _scale(self, x, iterate):
         if not self.constrained:
             return 1.0
-        return torch.clamp(self.max_norm / self.operator.estimate(x, iterate=iterate), max=1.0)
+        return self.operator.scale_to(self.max_norm, x, iterate=iterate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.constrained:

@@ -24,6 +24,15 @@ def _check_tau(name, value):
 class _PairLayer(StableModule):
     """Common plumbing: ``forward(a, b) -> (a', b')`` and ``inverse(a', b') -> (a, b)``."""
 
+    def _norm_limit(self) -> float:
+        """Largest ``||s K||`` the step condition allows: ``h ||s K|| <= max_step_norm``."""
+        return self.max_step_norm / self.step
+
+    def _scale(self, op, x, iterate):
+        if not self.constrained:
+            return 1.0
+        return op.scale_to(self._norm_limit(), x, iterate=iterate)
+
     def _bound_norm(self, op, power):
         """``s ||K||`` with the scale of the eval-mode map (certified norm of the raw weight)."""
         sigma = op.norm_bound()
@@ -106,11 +115,6 @@ class VerletLayer(_PairLayer):
                                       power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
         self.bias_y = make_bias(features, channels, dtype, device)
         self.bias_z = make_bias(features, aux_channels, dtype, device)
-
-    def _scale(self, op, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return torch.clamp(self.max_step_norm / (self.step * op.estimate(x, iterate=iterate)), max=1.0)
 
     def _check(self, y, z):
         check_input(y, channels=self.channels, features=self.features, weight=self.operator.weight, name="y")
@@ -207,17 +211,12 @@ class LeapfrogLayer(_PairLayer):
                                       power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
         self.bias = make_bias(features, channels, dtype, device)
 
-    def _scale(self, op, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return torch.clamp(self.max_step_norm / (self.step * op.estimate(x, iterate=iterate)), max=1.0)
-
     def _accel(self, y, iterate):
         op = self.operator
         if not self.constrained:
             return self._sigma(-op.adjoint(op.apply(y)) + self.bias)
         cy, sigma = op.apply_and_estimate(y, iterate=iterate)
-        s = torch.clamp(self.max_step_norm / (self.step * sigma), max=1.0)
+        s = torch.clamp(self._norm_limit() / sigma, max=1.0)  # the formula of _scale, on this call's estimate
         return self._sigma(-(s * s) * op.adjoint(cy) + self.bias)
 
     def _check(self, a, b):
@@ -316,10 +315,9 @@ class SymplecticEulerLayer(_PairLayer):
         self.bias_z = make_bias(features, hidden, dtype, device)
         self.bias_y = make_bias(features, hidden, dtype, device)
 
-    def _scale(self, op, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return torch.clamp(math.sqrt(self.max_step_norm / self.step) / op.estimate(x, iterate=iterate), max=1.0)
+    def _norm_limit(self) -> float:
+        # the step condition is on h ||s K||^2 here (both half-steps apply K)
+        return math.sqrt(self.max_step_norm / self.step)
 
     def _force(self, op, bias, x, iterate):
         if not self.constrained:

@@ -14,7 +14,7 @@ class _Constrained(StableModule):
     def _scale(self, x, iterate):
         if not self.constrained:
             return 1.0
-        return torch.clamp(self.bound / self.operator.estimate(x, iterate=iterate), max=1.0)
+        return self.operator.scale_to(self.bound, x, iterate=iterate)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight of the eval-mode map: ``min(1, bound / ||A||_est) * weight``."""

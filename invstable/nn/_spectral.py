@@ -278,6 +278,11 @@ class _Operator(nn.Module):
             self._u = self._normalise(y.detach(), self._u)
         return torch.maximum(y.norm(), previous.norm()) * (1.0 + self.margin)
 
+    def scale_to(self, limit, x: torch.Tensor | None = None, *, iterate: bool | None = None) -> torch.Tensor:
+        """``min(1, limit / estimate)``: the factor ``s`` that keeps the estimated norm of ``s A`` at most
+        ``limit`` (how every constrained layer enforces its condition)."""
+        return torch.clamp(limit / self.estimate(x, iterate=iterate), max=1.0)
+
     def apply_and_estimate(self, x: torch.Tensor, *, iterate: bool | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A x, estimate)``: the raw map and the norm estimate, for layers that rescale after applying
