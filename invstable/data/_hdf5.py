@@ -433,26 +433,20 @@ def check_dataset(path) -> dict:
     DatasetFileError
         Naming the file and the first problem found.
     """
-    path = Path(path)
-    f, meta = _open_checked(path)
-    try:
-        for i in range(meta["count"]):
-            _read_sample(f, path, i)
-        info = dict(meta)
-        for key in ("checksum", "invstable_version"):
-            value = f.attrs.get(key, "")
-            info[key] = value.decode() if isinstance(value, bytes) else str(value)
-    finally:
-        f.close()
-    info["file_bytes"] = path.stat().st_size
-    return info
+    return _info(Path(path), read_every_pair=True)
 
 
 def dataset_info(path) -> dict:
     """The metadata of a dataset file after the quick checks (structure, fields, checksum)."""
-    path = Path(path)
+    return _info(Path(path), read_every_pair=False)
+
+
+def _info(path: Path, *, read_every_pair: bool) -> dict:
     f, meta = _open_checked(path)
     try:
+        if read_every_pair:
+            for i in range(meta["count"]):
+                _read_sample(f, path, i)
         info = dict(meta)
         for key in ("checksum", "invstable_version"):
             value = f.attrs.get(key, "")
