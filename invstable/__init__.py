@@ -2,6 +2,7 @@
 
 from . import baselines as baselines
 from . import data as data
+from . import models as models
 from . import nn as nn
 from . import operators as operators
 from .baselines import Tikhonov as Tikhonov
@@ -10,6 +11,9 @@ from .baselines import choose_alpha as choose_alpha
 from .baselines import fbp as fbp
 from .baselines import tikhonov as tikhonov
 from .baselines import tv as tv
+from .models import UnrolledInverse as UnrolledInverse
+from .models import list_models as list_models
+from .models import load_model as load_model
 from .operators import as_operator as as_operator
 from .operators import check_operator as check_operator
 

@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .data._cli import add_parser as add_dataset_parser  # noqa: PLC0415 (keeps `invstable --help` light)
 
     add_dataset_parser(sub)
+    from .training._cli import add_parser as add_train_parser  # noqa: PLC0415
+
+    add_train_parser(sub)
+    from ._reconstruct import add_parser as add_reconstruct_parser  # noqa: PLC0415
+
+    add_reconstruct_parser(sub)
     return parser
 
 
@@ -34,7 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from .data import DatasetFileError  # noqa: PLC0415
+    from .models import ModelFileError  # noqa: PLC0415
+
+    try:
+        return int(args.func(args) or 0)
+    except (ModelFileError, DatasetFileError, FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        # one clear line for the user's mistakes; real bugs (other exceptions) keep their traceback
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"invstable {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,9 @@
+"""Learned regularised inverses: unrolled models with certified Lipschitz bounds, their files, the shipped ones."""
+
+from ._io import ModelFileError as ModelFileError
+from ._pretrained import PRETRAINED as PRETRAINED
+from ._pretrained import list_models as list_models
+from ._pretrained import load_model as load_model
+from ._pretrained import model_info as model_info
+from ._unrolled import FAMILIES as FAMILIES
+from ._unrolled import UnrolledInverse as UnrolledInverse

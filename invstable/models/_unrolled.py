@@ -1,0 +1,263 @@
+"""Unrolled learned regularised inverses: data-consistency steps alternating with stable flows."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..nn import prolong as prolong_network
+from ..nn import refresh_spectral_norms, stable_network, time_smoothness
+from ..operators import as_operator, norm_bound
+from ._initial import apply_filter, chebyshev_coefficients, filter_norm_bound
+
+INITS = ("tikhonov", "zero")
+
+#: model family -> stable_network family of its regularising blocks
+FAMILIES = {
+    "gradient_flow": "gradient_flow",
+    "hamiltonian": "hamiltonian",
+    "antisymmetric": "antisymmetric",
+    "dense": "dense",
+    "unconstrained": "resnet",
+}
+
+#: layer options each model family uses unless the caller gives its own
+DEFAULT_OPTIONS = {
+    "gradient_flow": {"activation": "relu"},
+    # a small step norm keeps the worst-case bound of the symplectic blocks close to 1 per layer
+    "hamiltonian": {"scheme": "verlet", "max_step_norm": 0.05},
+    "antisymmetric": {"gamma": 0.1, "max_norm": 0.1},
+    "dense": {"max_norm": 0.05},
+    "unconstrained": {"activation": "relu"},
+}
+
+
+class UnrolledInverse(nn.Module):
+    r"""Learned regularised inverse: ``K`` data-consistency steps, each followed by a stable network.
+
+    The state is a stack of ``channels`` feature maps whose first ``image_channels`` are the image
+    :math:`x`; the others carry memory from one iteration to the next. Iteration :math:`k` is
+
+    .. math::
+
+        x \leftarrow x - \tau_k A^\top (A x - y), \qquad s \leftarrow R_k(s),
+
+    with :math:`\tau_k = \tau_{\max}\,\mathrm{sigmoid}(\theta_k)`, :math:`\tau_{\max} = f \cdot 2 / \|A\|^2`
+    (``max_step = f``, a certified ``||A||`` from :func:`invstable.operators.norm_bound`) and :math:`R_k` a
+    network of the chosen family from :func:`invstable.nn.stable_network`. The model starts from
+    :math:`s = 0` with, in its image channels, the first guess :math:`x_0 = p(A^\top A) A^\top y`
+    (``init="tikhonov"``: ``p`` interpolates :math:`1/(\lambda + \alpha_0)` on :math:`[0, \|A\|^2]`
+    at ``init_degree + 1`` Chebyshev nodes, a linear map close to Tikhonov's with :math:`\alpha_0` =
+    ``init_alpha``) or :math:`x_0 = 0` (``init="zero"``), and returns the image channels of the final state.
+
+    Parameters
+    ----------
+    operator : deepinv.physics.LinearPhysics or anything :func:`invstable.operators.as_operator` takes
+    family : {"gradient_flow", "hamiltonian", "antisymmetric", "dense", "unconstrained"}
+        Family of the regularising blocks; "unconstrained" is a plain ResNet (the baseline).
+    iterations : int, default 8
+        ``K``.
+    channels : int, default 8
+        Width of the state (image channels included).
+    depth : int, default 2
+        Layers per regularising block.
+    step : float, default 1.0
+        Step ``h`` of the layers.
+    max_step : float in (0, 1], default 0.5
+        ``f`` above: the data-consistency step never exceeds ``f`` times the stability limit ``2 / ||A||^2``.
+    image_channels : int, default 1
+    image_shape : tuple of int, optional
+        ``(C, H, W)`` of one image; needed only for an operator without its own ``norm_bound()``
+        (its norm is then estimated by power iteration on that shape).
+    seed : int, default 0
+        Seed of the initial weights.
+    **options
+        Options of the layers (see :func:`invstable.nn.stable_network`); each family has defaults
+        (:data:`DEFAULT_OPTIONS`).
+
+    Notes
+    -----
+    Lipschitz bound of :math:`y \mapsto x`. The data-consistency step acts on the state as
+    :math:`s \mapsto (I - \tau_k E A^\top A E^\top) s + \tau_k E A^\top y` with :math:`E` the embedding of the
+    image channels; its linear part is symmetric with eigenvalues in :math:`[1 - \tau_k\|A\|^2, 1]`, so it has
+    norm :math:`d_k = \max(1, \tau_k\|A\|^2 - 1)` (:math:`= 1` when :math:`\tau_k \le 2/\|A\|^2`) and
+    :math:`y` enters with gain :math:`\tau_k\|A\|`. With :math:`L_k` the certified bound of :math:`R_k`, the
+    bound :math:`B_K` of the whole map follows the recursion
+
+    .. math::
+
+        B_0 = \max_{0 \le s \le \|A\|} |s\,p(s^2)| \ (0 \text{ for } x_0 = 0), \qquad B_k = L_k \,(d_k B_{k-1} + \tau_k \|A\|),
+
+    and the projection onto the image channels has norm 1. For the gradient-flow family
+    (:math:`L_k \le 1`, :math:`\tau_k \le 1/\|A\|^2`) this is at most :math:`K / \|A\|`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from invstable.operators import Blur, gaussian_kernel
+    >>> from invstable.models import UnrolledInverse
+    >>> op = Blur(gaussian_kernel(1.0), image_size=16)
+    >>> model = UnrolledInverse(op, iterations=3, channels=4).eval()
+    >>> model(torch.rand(2, 1, 16, 16)).shape
+    torch.Size([2, 1, 16, 16])
+    >>> model.lipschitz_bound() <= 1 / (2 * 0.02 ** 0.5) * 1.01 + 3.0
+    True
+    """
+
+    def __init__(self, operator, *, family: str = "gradient_flow", iterations: int = 8, channels: int = 8,
+                 depth: int = 2, step: float = 1.0, max_step: float = 0.5, image_channels: int = 1,
+                 image_shape: tuple[int, ...] | None = None, init: str = "tikhonov", init_alpha: float = 0.02,
+                 init_degree: int = 30, seed: int = 0, **options) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"family={family!r} is not known; valid families: {sorted(FAMILIES)}")
+        for name, value in (("iterations", iterations), ("channels", channels), ("depth", depth),
+                            ("image_channels", image_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if channels < image_channels:
+            raise ValueError(f"channels ({channels}) must be at least image_channels ({image_channels})")
+        if not (isinstance(max_step, (int, float)) and 0 < max_step <= 1):
+            raise ValueError(f"max_step must be in (0, 1] (a fraction of the limit 2 / ||A||^2), got {max_step!r}")
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not known; use one of {INITS}")
+        if not (isinstance(init_alpha, (int, float)) and init_alpha > 0 and math.isfinite(init_alpha)):
+            raise ValueError(f"init_alpha must be a positive number, got {init_alpha!r}")
+        if isinstance(init_degree, bool) or not isinstance(init_degree, int) or not 1 <= init_degree <= 200:
+            raise ValueError(f"init_degree must be an int in [1, 200], got {init_degree!r}")
+        self.init, self.init_alpha, self.init_degree = init, float(init_alpha), init_degree
+        self._filter_cache = None
+        self.operator = as_operator(operator)
+        self.family = family
+        self.iterations, self.channels, self.depth = iterations, channels, depth
+        self.image_channels = image_channels
+        self.step, self.max_step, self.seed = float(step), float(max_step), int(seed)
+        self.image_shape = None if image_shape is None else tuple(int(n) for n in image_shape)
+        self.options = {**DEFAULT_OPTIONS[family], **options}
+        rng = torch.Generator().manual_seed(self.seed)
+        self.blocks = nn.ModuleList(
+            stable_network(FAMILIES[family], channels=channels, depth=depth, step=self.step, rng=rng,
+                           **self.options)
+            for _ in range(iterations))
+        # tau_k = tau_max * sigmoid(theta_k), starting at 0.88 tau_max
+        self.step_logits = nn.Parameter(torch.full((iterations,), 2.0))
+
+    # ------------------------------------------------------------------ the map y -> x
+    def operator_norm(self) -> float:
+        """Certified upper bound on ``||A||`` (see :func:`invstable.operators.norm_bound`)."""
+        return norm_bound(self.operator, self.image_shape)
+
+    def _filter(self):
+        """``(coefficients, top, certified norm)`` of the first guess ``p(A^T A) A^T y`` (cached per ``||A||``)."""
+        norm_a = self.operator_norm()
+        if self._filter_cache is None or self._filter_cache[0] != norm_a:
+            top = norm_a ** 2
+            coef = chebyshev_coefficients(self.init_alpha, self.init_degree, top)
+            self._filter_cache = (norm_a, coef, top, filter_norm_bound(coef, top, norm_a))
+        return self._filter_cache[1:]
+
+    def steps(self) -> torch.Tensor:
+        """The data-consistency steps ``tau_k`` (a differentiable tensor of length ``K``)."""
+        limit = 2.0 / self.operator_norm() ** 2
+        return self.max_step * limit * torch.sigmoid(self.step_logits)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``x`` from measurements ``y`` (batched, as the operator takes them)."""
+        op = self.operator
+        aty = op.A_adjoint(y)
+        if aty.ndim < 3 or aty.shape[1] != self.image_channels:
+            raise ValueError(f"A^T y has shape {tuple(aty.shape)}; expected (B, {self.image_channels}, ...): "
+                             f"the model was built for {self.image_channels} image channel(s)")
+        if self.image_shape is None:
+            self.image_shape = tuple(aty.shape[1:])
+        c = self.image_channels
+        taus = self.steps().to(aty)
+        s = aty.new_zeros((aty.shape[0], self.channels) + tuple(aty.shape[2:]))
+        if self.init == "tikhonov":
+            coef, top, _ = self._filter()
+            s = torch.cat([apply_filter(op, y, coef, top), s[:, c:]], dim=1)
+        for k, block in enumerate(self.blocks):
+            x = s[:, :c]
+            x = x - taus[k] * (op.A_adjoint(op.A(x)) - aty)
+            s = block(torch.cat([x, s[:, c:]], dim=1))
+        return s[:, :c]
+
+    # ------------------------------------------------------------------ certificate
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        """Certified upper bound on ``||model(y1) - model(y2)|| / ||y1 - y2||`` (eval-mode map).
+
+        ``inf`` for the "unconstrained" family. See the class notes for the recursion.
+        """
+        if self.family == "unconstrained":
+            return math.inf
+        norm_a = self.operator_norm()
+        bound = self._filter()[2] if self.init == "tikhonov" else 0.0
+        for tau, block in zip(self.steps().double().tolist(), self.blocks):
+            damp = max(1.0, tau * norm_a ** 2 - 1.0)
+            bound = block.lipschitz_bound() * (damp * bound + tau * norm_a)
+        return bound
+
+    # ------------------------------------------------------------------ training aids
+    def time_smoothness(self) -> torch.Tensor:
+        """Sum over the blocks of :func:`invstable.nn.time_smoothness` (zero for one-layer blocks)."""
+        terms = [time_smoothness(b) for b in self.blocks if self.family != "dense" and self.depth > 1]
+        if not terms:
+            return self.step_logits.new_zeros(())
+        return torch.stack(terms).sum()
+
+    def prolong(self) -> "UnrolledInverse":
+        """Multi-level training: a model whose blocks have twice the layers at half the step (same map
+        up to the discretisation error; see :func:`invstable.nn.prolong`)."""
+        new = type(self).from_config(self.config(), operator=self.operator)
+        new.depth, new.step = 2 * self.depth, self.step / 2
+        new.blocks = nn.ModuleList(prolong_network(b) for b in self.blocks)
+        with torch.no_grad():
+            new.step_logits.copy_(self.step_logits)
+        return new.to(self.step_logits.device)
+
+    @torch.no_grad()
+    def refresh(self, input_size: tuple[int, int] | None = None) -> "UnrolledInverse":
+        """Converge the power iterations of every constrained layer (after loading or editing weights)."""
+        for block in self.blocks:
+            refresh_spectral_norms(block, **({} if input_size is None else {"input_size": input_size}))
+        return self
+
+    # ------------------------------------------------------------------ configuration
+    def config(self) -> dict:
+        """Everything needed to rebuild the model except its weights (the operator as its registry config)."""
+        return {
+            "class": "UnrolledInverse", "family": self.family, "iterations": self.iterations,
+            "channels": self.channels, "depth": self.depth, "step": self.step, "max_step": self.max_step,
+            "image_channels": self.image_channels,
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "init": self.init, "init_alpha": self.init_alpha, "init_degree": self.init_degree,
+            "seed": self.seed, "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, *, operator) -> "UnrolledInverse":
+        """Build an untrained model from :meth:`config` and an operator."""
+        cfg = dict(config)
+        cfg.pop("class", None)
+        options = cfg.pop("options", {})
+        shape = cfg.pop("image_shape", None)
+        return cls(operator, image_shape=None if shape is None else tuple(shape), **cfg, **options)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The learned state (parameters and power-iteration buffers), without the operator's tensors."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("operator.")}
+
+    def save(self, path, **metadata) -> "Path":
+        """Write the model (weights, configuration, operator configuration) to a safetensors file,
+        atomically; ``metadata`` (JSON-serialisable) is stored beside it. Read back with
+        :func:`invstable.load_model`."""
+        from ._io import save_model
+
+        return save_model(self, path, metadata=metadata)
+
+    def extra_repr(self) -> str:
+        return (f"family={self.family!r}, iterations={self.iterations}, channels={self.channels}, "
+                f"depth={self.depth}, step={self.step}, max_step={self.max_step}")

@@ -1,0 +1,10 @@
+"""Training of learned inverses: :func:`train`, checkpoints, distributed data parallel (``torchrun``)."""
+
+from ._loop import TrainConfig as TrainConfig
+from ._loop import TrainResult as TrainResult
+from ._loop import batch_indices as batch_indices
+from ._loop import evaluate as evaluate
+from ._loop import load_checkpoint as load_checkpoint
+from ._loop import psnr as psnr
+from ._loop import resolve_device as resolve_device
+from ._loop import train as train
