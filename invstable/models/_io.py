@@ -29,6 +29,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -59,7 +62,8 @@ def save_model(model, path: str | os.PathLike, *, metadata: dict | None = None) 
         raise ValueError(
             f"cannot save a model whose operator {type(model.operator).__name__} has no registry configuration; "
             "register the operator with invstable.operators.register_operator and give it a config() method")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.weights().items()}
+    model.refresh(reseed=True)  # the vectors become a function of the weights: load_model re-derives them
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.weights(vectors=False).items()}
     header = {"format": FORMAT, "model": json.dumps(model.config()), "operator": json.dumps(op_config),
               "extra": json.dumps(metadata or {})}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
@@ -106,12 +110,10 @@ def build_model(model_config: dict, operator_config: dict, tensors: dict[str, to
         model = UnrolledInverse.from_config(model_config, operator=operator)
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{where}: cannot rebuild the model from its configuration: {err}") from None
-    expected = model.weights()
+    expected = model.weights(vectors=False)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    # power-iteration vectors take the shape of the first input, so a fresh model's may differ
-    wrong = sorted(k for k in set(expected) & set(tensors)
-                   if expected[k].shape != tensors[k].shape and not k.endswith(("._u", "._v")))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or wrong:
         raise ModelFileError(f"{where}: weights do not match the configuration (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]})")
@@ -119,4 +121,5 @@ def build_model(model_config: dict, operator_config: dict, tensors: dict[str, to
     if bad:
         raise ModelFileError(f"{where}: non-finite values in {bad[:5]}")
     model.load_state_dict(tensors, strict=False)
+    model.refresh(reseed=True)  # the power-iteration vectors, derived from the weights as save_model did
     return model.eval()

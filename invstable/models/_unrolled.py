@@ -13,6 +13,8 @@ from ..operators import as_operator, norm_bound
 from ._initial import apply_filter, chebyshev_coefficients, filter_norm_bound
 
 INITS = ("tikhonov", "zero")
+#: names of the power-iteration buffers (derived from the weights; not stored in model files)
+VECTORS = ("._u", "._v")
 
 #: model family -> stable_network family of its regularising blocks
 FAMILIES = {
@@ -219,10 +221,13 @@ class UnrolledInverse(nn.Module):
         return new.to(self.step_logits.device)
 
     @torch.no_grad()
-    def refresh(self, input_size: tuple[int, int] | None = None) -> "UnrolledInverse":
-        """Converge the power iterations of every constrained layer (after loading or editing weights)."""
+    def refresh(self, *, reseed: bool = False) -> "UnrolledInverse":
+        """Converge the power iterations of every constrained layer (after loading or editing weights), at
+        the model's image size once it is known; ``reseed`` starts them from the fixed seed vector (the
+        result is then a function of the weights alone)."""
+        size = None if self.image_shape is None else tuple(self.image_shape[-2:])
         for block in self.blocks:
-            refresh_spectral_norms(block, **({} if input_size is None else {"input_size": input_size}))
+            refresh_spectral_norms(block, input_size=size, reseed=reseed)
         return self
 
     # ------------------------------------------------------------------ configuration
@@ -246,14 +251,22 @@ class UnrolledInverse(nn.Module):
         shape = cfg.pop("image_shape", None)
         return cls(operator, image_shape=None if shape is None else tuple(shape), **cfg, **options)
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The learned state (parameters and power-iteration buffers), without the operator's tensors."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("operator.")}
+    def weights(self, *, vectors: bool = True) -> dict[str, torch.Tensor]:
+        """The learned state (parameters and, with ``vectors``, the power-iteration warm starts), without the
+        operator's tensors."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith("operator.") and (vectors or not k.endswith(VECTORS))}
 
     def save(self, path, **metadata) -> "Path":
         """Write the model (weights, configuration, operator configuration) to a safetensors file,
         atomically; ``metadata`` (JSON-serialisable) is stored beside it. Read back with
-        :func:`invstable.load_model`."""
+        :func:`invstable.load_model`.
+
+        The power-iteration vectors (as large as the image per layer) are not stored: this model's are first
+        re-derived from its weights (:meth:`refresh` with ``reseed=True``, which changes its outputs only
+        within the accuracy of the norm estimates) and :func:`invstable.load_model` derives the same ones, so
+        the loaded model gives the same outputs as this one.
+        """
         from ._io import save_model
 
         return save_model(self, path, metadata=metadata)

@@ -294,14 +294,19 @@ class _Operator(nn.Module):
         return self.apply(x), self.estimate(x, iterate=iterate)
 
     @torch.no_grad()
-    def refresh(self, iterations: int = INIT_ITERATIONS, *, input_size: tuple[int, int] | None = None) -> None:
-        """Run many power iterations from the stored vector (e.g. before export or certification)."""
+    def refresh(self, iterations: int = INIT_ITERATIONS, *, input_size: tuple[int, int] | None = None,
+                reseed: bool = False) -> None:
+        """Run many power iterations from the stored vector (e.g. before export or certification).
+
+        ``reseed=True`` starts from the fixed seed vector instead, so that the result is a function of the
+        weights alone (model files then need not store the vectors).
+        """
         if input_size is not None:
             self._ensure_input_size(tuple(input_size))
         if self._v.numel() == 0:
             return
         v = self._v
-        if not bool(torch.isfinite(v).all()):  # host-side check, allowed here: re-seed after NaN weights
+        if reseed or not bool(torch.isfinite(v).all()):  # host-side check: re-seed after NaN weights
             v = _hash_vector(tuple(v.shape), dtype=v.dtype, device=v.device)
         self._restart(v, iterations)
 
@@ -486,7 +491,7 @@ def _check_positive_int(**values) -> None:
 
 
 def refresh_spectral_norms(module: nn.Module, *, iterations: int = INIT_ITERATIONS,
-                           input_size: tuple[int, int] | None = None) -> nn.Module:
+                           input_size: tuple[int, int] | None = None, reseed: bool = False) -> nn.Module:
     """Run ``iterations`` power iterations in every operator of ``module`` (before export or certification).
 
     Parameters
@@ -495,6 +500,8 @@ def refresh_spectral_norms(module: nn.Module, *, iterations: int = INIT_ITERATIO
     iterations : int
     input_size : (H, W), optional
         For convolutions: the image size to certify; by default the size each one last saw.
+    reseed : bool, default False
+        Start every iteration from the fixed seed vector: the result depends on the weights only.
 
     Returns
     -------
@@ -502,7 +509,7 @@ def refresh_spectral_norms(module: nn.Module, *, iterations: int = INIT_ITERATIO
     """
     for sub in module.modules():
         if isinstance(sub, _Operator):
-            sub.refresh(iterations, input_size=input_size)
+            sub.refresh(iterations, input_size=input_size, reseed=reseed)
     for sub in module.modules():
         update = getattr(sub, "update_substeps", None)
         if callable(update):

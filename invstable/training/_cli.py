@@ -69,7 +69,7 @@ def run(args) -> int:
 
     from ..data import HDF5PairedDataset, task
     from ..models import UnrolledInverse
-    from ._loop import TrainConfig, train
+    from ._loop import TrainConfig, evaluate, train
     from ._distributed import distributed
 
     if args.threads:
@@ -96,12 +96,13 @@ def run(args) -> int:
         result = train(model, train_data, validation=validation, config=cfg, checkpoint=checkpoint,
                        resume=args.resume)
         if rank == 0:
+            model = result.model.refresh(reseed=True)  # as save() does: the figures below are the file's
             record = {"task": args.task, "command": "invstable train " + " ".join(_argv(args)),
                       "steps": result.steps, "best_step": result.best_step,
-                      "validation_psnr": round(result.best_psnr, 3),
-                      "lipschitz_bound": result.model.lipschitz_bound(),
+                      "validation_psnr": round(evaluate(model, validation), 3),
+                      "lipschitz_bound": model.lipschitz_bound(),
                       "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__}
-            path = result.model.save(args.out, training=record)
+            path = model.save(args.out, training=record)
             print(json.dumps({"model": str(Path(path).resolve()), **record}))
     return 0
 
