@@ -68,9 +68,9 @@ def read_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
 
             arr = tifffile.imread(path)
         elif suffix == ".png":
-            from skimage import io
+            import imageio.v3 as iio
 
-            arr = io.imread(path)
+            arr = iio.imread(path)
             arr = arr / np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else arr
         else:
             import h5py
@@ -104,10 +104,9 @@ def write_array(path: str | os.PathLike, x: np.ndarray) -> Path:
             raise ValueError(f"a PNG holds one grayscale image; the reconstruction has shape {x.shape}: use .npy/.h5")
 
         def write(tmp):
-            from skimage import io
+            import imageio.v3 as iio
 
-            io.imsave(tmp, (np.clip(img, 0, 1) * 65535).round().astype(np.uint16), check_contrast=False,
-                      extension=".png")
+            iio.imwrite(tmp, (np.clip(img, 0, 1) * 65535).round().astype(np.uint16), extension=".png")
     elif suffix == ".npy":
         def write(tmp):
             with open(tmp, "wb") as fh:
@@ -216,7 +215,8 @@ def run(args) -> int:
             else:
                 alpha = _float(args.alpha, "--alpha")
             x = tikhonov(y, op, alpha, regularizer=args.regularizer)
-            note = {"method": "tikhonov", "alpha": torch.as_tensor(alpha).flatten().tolist(),
+            note = {"method": "tikhonov",
+                    "alpha": [alpha] if isinstance(alpha, float) else torch.as_tensor(alpha).flatten().tolist(),
                     "regularizer": args.regularizer}
         elif method == "tv":
             from .baselines import tv
