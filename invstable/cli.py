@@ -13,6 +13,20 @@ def _demo(args) -> int:
     return 0
 
 
+def _models(args) -> int:
+    from .models import PRETRAINED, list_models, model_info
+
+    shipped = list_models()
+    for name, what in PRETRAINED.items():
+        if name not in shipped:
+            print(f"{name:<20} (not in this installation) {what}")
+            continue
+        rec = model_info(name).get("training", {})
+        print(f"{name:<20} {what}; validation PSNR {rec.get('validation_psnr', float('nan')):.2f} dB, "
+              f"certified Lipschitz bound {rec.get('lipschitz_bound', float('nan')):.2f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invstable", description="Provably stable learned reconstructions for y = A x + noise.")
@@ -21,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="invstable_demo.png", help="path of the PNG figure (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulated noise (default: %(default)s)")
     demo.set_defaults(func=_demo)
+    models = sub.add_parser("models", help="list the pretrained models shipped in the package",
+                            description="List the pretrained models with their validation PSNR and certified bound.")
+    models.set_defaults(func=_models)
 
     from .data._cli import add_parser as add_dataset_parser  # noqa: PLC0415 (keeps `invstable --help` light)
 

@@ -131,3 +131,8 @@ def test_every_option_of_every_command_has_help():
             if isinstance(action, argparse._SubParsersAction):
                 continue
             assert action.help, (name, action.dest)
+
+
+def test_models_command_lists_the_pretrained_models(capsys):
+    assert main(["models"]) == 0
+    assert "ct30-gradflow" in capsys.readouterr().out

@@ -224,6 +224,11 @@ def test_time_smoothness_enters_the_loss():
     assert res.steps == 2
 
 
+def test_mixed_precision_training_runs():
+    res = train(model(), TinyPairs(8), config=config(steps=2, amp=True, checkpoint_every=100))
+    assert all(math.isfinite(h["loss"]) for h in res.history)
+
+
 def test_batches_depend_on_seed_and_step_only():
     a = batch_indices(3, 17, 100, 8)
     assert torch.equal(a, batch_indices(3, 17, 100, 8))

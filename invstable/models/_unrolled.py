@@ -181,7 +181,7 @@ class UnrolledInverse(nn.Module):
             coef, top, _ = self._filter()
             s = torch.cat([apply_filter(op, y, coef, top), s[:, c:]], dim=1)
         for k, block in enumerate(self.blocks):
-            x = s[:, :c]
+            x = s[:, :c].to(aty.dtype)  # the operator runs in the measurement's precision (also under autocast)
             x = x - taus[k] * (op.A_adjoint(op.A(x)) - aty)
             s = block(torch.cat([x, s[:, c:]], dim=1))
         return s[:, :c]
