@@ -294,3 +294,44 @@ def test_ddp_on_two_gloo_processes_matches_one_process(tmp_path):
     a, b = load_model(tmp_path / "one.safetensors"), load_model(tmp_path / "two.safetensors")
     for (k, v), (_, w) in zip(a.weights().items(), b.weights().items()):
         assert torch.allclose(v, w, rtol=1e-4, atol=1e-5), (k, float((v - w).abs().max()))
+
+
+# ---------------------------------------------------------------------------------------------- shipped models
+def _shipped(stable_only=True):
+    from invstable.models import list_models
+
+    return [n for n in list_models() if not (stable_only and n.endswith("unconstrained"))]
+
+
+def _search_shipped(name, steps, restarts, count):
+    from invstable.data import task
+
+    m = load_model(name)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    spec = task("ct-30" if name.startswith("ct30") else "blur-g2")
+    y = torch.stack([spec.pairs("test")[i][1] for i in range(count)])
+    bound = m.lipschitz_bound()
+    ratio = lipschitz_search(m, y, radius=0.05, steps=steps, restarts=restarts)
+    assert float(ratio.max()) <= bound, (name, float(ratio.max()), bound)
+    return float(ratio.max()), bound
+
+
+@pytest.mark.parametrize("name", _shipped())
+def test_shipped_model_certificate_holds_against_a_short_search(name):
+    _search_shipped(name, steps=20, restarts=1, count=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _shipped())
+def test_shipped_model_certificate_holds_against_the_protocol_search(name):
+    _search_shipped(name, steps=200, restarts=3, count=4)
+
+
+@pytest.mark.parametrize("name", _shipped(stable_only=False))
+def test_shipped_models_are_small_and_load_on_cpu(name):
+    from invstable.models._pretrained import _pretrained_path
+
+    assert _pretrained_path(name).stat().st_size < 4 * 2 ** 20
+    m = load_model(name)
+    assert next(m.parameters()).device.type == "cpu"
