@@ -335,3 +335,64 @@ def test_shipped_models_are_small_and_load_on_cpu(name):
     assert _pretrained_path(name).stat().st_size < 4 * 2 ** 20
     m = load_model(name)
     assert next(m.parameters()).device.type == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------- review regressions
+def test_model_refuses_another_image_size():
+    # its norms, steps and first guess are certified for one size (review: an operator whose norm depends on
+    # the size gave a ratio of 1.5e5 against a bound of 5.4 after a size change)
+    import deepinv
+
+    op = deepinv.physics.Blur(torch.tensor([[[[0.0, 0.0, 0.0], [0.0, 1.0, -1.0], [0.0, 0.0, 0.0]]]]), padding="circular")
+    m = UnrolledInverse(op, iterations=1, channels=1, depth=1, image_shape=(1, 10, 10)).eval()
+    m(torch.randn(1, 1, 10, 10))
+    with pytest.raises(ValueError, match="certified for images of shape"):
+        m(torch.randn(1, 1, 24, 24))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _Dying(torch.utils.data.Dataset):
+    """Pairs that raise after ``after`` items: a run interrupted between two checkpoints."""
+
+    def __init__(self, data, after):
+        self.data, self.after, self.seen = data, after, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.seen += 1
+        if self.seen > self.after:
+            raise _Interrupt
+        return self.data[i]
+
+
+def test_split_step_control_resumes_exactly_and_returns_the_validated_model(tmp_path):
+    # review: the sub-step count of step_control="split" was not saved, so a resumed run diverged and the
+    # returned best model was not the validated one
+    kw = {"step_control": "split", "step": 4.0, "image_shape": (1, 16, 16)}
+    data, val = TinyPairs(16), TinyPairs(4, seed=1)
+    cfg = config(steps=6, validate_every=2)
+    full = train(model(**kw), data, validation=val, config=cfg, checkpoint=tmp_path / "a")
+    assert evaluate(full.model, val) == pytest.approx(full.best_psnr, abs=1e-4)
+    assert any(layer.substeps > 1 for b in full.model.blocks for layer in b.layers)
+    with pytest.raises(_Interrupt):
+        train(model(**kw), _Dying(data, after=3 * 4), validation=val, config=cfg, checkpoint=tmp_path / "b")
+    assert load_checkpoint(tmp_path / "b")["step"] == 3
+    resumed = train(model(**kw), data, validation=val, config=cfg, checkpoint=tmp_path / "b", resume=True)
+    for (k, v), (_, w) in zip(full.model.weights().items(), resumed.model.weights().items()):
+        assert torch.equal(v, w), k
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train(model(), TinyPairs(8), config=config(steps=2), checkpoint=tmp_path / "c")
+    with pytest.raises(ValueError, match="another model"):
+        train(model("antisymmetric"), TinyPairs(8), config=config(steps=2), checkpoint=tmp_path / "c", resume=True)
+
+
+def test_dense_multilevel_is_refused_before_training():
+    with pytest.raises(ValueError, match="dense"):
+        train(model("dense"), TinyPairs(8), config=config(steps=4, levels=2))

@@ -71,8 +71,9 @@ class UnrolledInverse(nn.Module):
         ``f`` above: the data-consistency step never exceeds ``f`` times the stability limit ``2 / ||A||^2``.
     image_channels : int, default 1
     image_shape : tuple of int, optional
-        ``(C, H, W)`` of one image; needed only for an operator without its own ``norm_bound()``
-        (its norm is then estimated by power iteration on that shape).
+        ``(C, H, W)`` of one image; default: fixed by the first input. The model then refuses other sizes
+        (its norms and certificate hold for this one). Needed before the first input only for an operator
+        without its own ``norm_bound()`` (its norm is then estimated by power iteration on that shape).
     seed : int, default 0
         Seed of the initial weights.
     **options
@@ -93,7 +94,8 @@ class UnrolledInverse(nn.Module):
         B_0 = \max_{0 \le s \le \|A\|} |s\,p(s^2)| \ (0 \text{ for } x_0 = 0), \qquad B_k = L_k \,(d_k B_{k-1} + \tau_k \|A\|),
 
     and the projection onto the image channels has norm 1. For the gradient-flow family
-    (:math:`L_k \le 1`, :math:`\tau_k \le 1/\|A\|^2`) this is at most :math:`K / \|A\|`.
+    (:math:`L_k \le 1`) and ``max_step <= 0.5`` (:math:`\tau_k \le 1/\|A\|^2`) this is at most
+    :math:`B_0 + K / \|A\|`.
 
     Examples
     --------
@@ -174,6 +176,10 @@ class UnrolledInverse(nn.Module):
                              f"the model was built for {self.image_channels} image channel(s)")
         if self.image_shape is None:
             self.image_shape = tuple(aty.shape[1:])
+        elif tuple(aty.shape[1:]) != self.image_shape:
+            # ||A||, the steps, the first guess and the layer norms are certified for one image size
+            raise ValueError(f"this model is built and certified for images of shape {self.image_shape}, but A^T y "
+                             f"has shape {tuple(aty.shape[1:])}; build a model for that size")
         c = self.image_channels
         taus = self.steps().to(aty)
         s = aty.new_zeros((aty.shape[0], self.channels) + tuple(aty.shape[2:]))

@@ -131,6 +131,16 @@ class GradientFlowLayer(StableModule):
         h_max = 2.0 / (sigma * sigma + 2.0 * self.strong_convexity)
         return torch.clamp(h_max, max=h)
 
+    def get_extra_state(self) -> torch.Tensor:
+        """The sub-step count travels with the weights (state_dict, checkpoints, model files)."""
+        return torch.tensor([self.substeps], dtype=torch.int64)
+
+    def set_extra_state(self, state) -> None:
+        n = int(torch.as_tensor(state).reshape(-1)[0])
+        if not 1 <= n <= self.max_substeps:
+            raise ValueError(f"sub-step count {n} outside [1, max_substeps={self.max_substeps}]")
+        self.substeps = n
+
     @torch.no_grad()
     def update_substeps(self) -> int:
         """Recompute the number of sub-steps of ``step_control="split"`` from the current estimate."""

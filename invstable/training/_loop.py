@@ -233,6 +233,9 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.levels > 1 and model.family == "dense":
+        raise ValueError("multi-level training (levels > 1) cannot prolong the dense family (its memory weights "
+                         "couple every pair of layers); use levels=1")
     if len(train_data) == 0:
         raise ValueError("the training set is empty")
     model = model.to(device).train()
@@ -248,6 +251,12 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
         if changed:
             raise ValueError(f"the checkpoint was made with other training settings ({changed}); resume with the "
                              "same settings or start a new run")
+        mine = {k: v for k, v in model.config().items() if k not in ("depth", "step", "image_shape")}
+        theirs = {k: v for k, v in state["model_config"].items() if k not in ("depth", "step", "image_shape")}
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"the checkpoint holds another model (different {differ}); resume with the model it "
+                             "was made for or start a new run")
         step, history, best = state["step"], state["history"], state["best"]
         # the checkpoint may be at a finer level than the model passed in
         while model.depth < state["model_config"]["depth"]:
