@@ -54,7 +54,7 @@ def _row(method, out, x, seconds, **extra):
     return row
 
 
-def _tune(name, values, run, x_val):
+def _tune(values, run, x_val):
     """The value of ``values`` with the best mean validation PSNR (never the test set)."""
     best, curve = None, []
     for v in values:
@@ -85,7 +85,7 @@ def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None) ->
         record("FBP (Hann)", lambda: fbp(yt, op, filter="hann"), lipschitz_bound=None)
     max_iter = 150 if quick else 500
     for reg in ("identity", "gradient"):
-        alpha, curve = _tune("alpha", ALPHAS, lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv)
+        alpha, curve = _tune(ALPHAS, lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv)
         tuning[f"tikhonov_{reg}"] = {"alpha": alpha, "validation_psnr": curve}
         if quick or (reg == "gradient" and name.startswith("ct")):
             # Lanczos on the CG path takes minutes; the identity case has the closed-form bound 1/(2 sqrt(alpha))
@@ -102,7 +102,7 @@ def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None) ->
                                 regularizer=reg, max_iter=max_iter),
                lipschitz_bound=None, bound_kind="alpha differs per sample")
     tv_iter = 100 if quick else 300
-    lam, curve = _tune("lambda", LAMBDAS, lambda v: tv(yv, op, v, max_iter=tv_iter), xv)
+    lam, curve = _tune(LAMBDAS, lambda v: tv(yv, op, v, max_iter=tv_iter), xv)
     tuning["tv"] = {"lambda": lam, "validation_psnr": curve}
     record("TV (validation lambda)", lambda: tv(yt, op, lam, max_iter=tv_iter), lam=lam, lipschitz_bound=math.inf,
            bound_kind="no certificate")

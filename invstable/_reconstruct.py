@@ -147,7 +147,7 @@ def _build_operator(args):
     return make_operator(args.operator, **params)
 
 
-def _as_batch(y: np.ndarray, op) -> "torch.Tensor":
+def _as_batch(y: np.ndarray, op):
     """Shape the measurement as the operator takes it: one measurement, or a batch of them."""
     import torch
 

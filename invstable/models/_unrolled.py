@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pathlib  # noqa: F401 (annotation)
 
 import torch
 from torch import nn
@@ -263,7 +264,7 @@ class UnrolledInverse(nn.Module):
         return {k: v for k, v in self.state_dict().items()
                 if not k.startswith("operator.") and (vectors or not k.endswith(VECTORS))}
 
-    def save(self, path, **metadata) -> "Path":
+    def save(self, path, **metadata) -> "pathlib.Path":
         """Write the model (weights, configuration, operator configuration) to a safetensors file,
         atomically; ``metadata`` (JSON-serialisable) is stored beside it. Read back with
         :func:`invstable.load_model`.
