@@ -1,48 +1,39 @@
 """Reconstruction quality on the protocol test sets (PROTOCOLS.md, "Quality").
 
-Methods: FBP (CT), Tikhonov with the identity and the gradient regulariser (alpha tuned on the validation
-split; also alpha by the discrepancy principle per sample), TV (lambda tuned on the validation split), and every
-pretrained model shipped for the task. Metrics on the test split: PSNR (data range 1), SSIM, relative L2
+Methods (benchmarks/_methods.py): FBP (CT), Tikhonov with the identity and the gradient regulariser (alpha tuned
+on the validation split; also alpha by the discrepancy principle per sample), TV (lambda tuned on the validation
+split), every pretrained model shipped for the task, and the deepinv peer (benchmarks/peer.py). CT-180: the
+baselines only (no model is trained for it). Metrics on the test split: PSNR (data range 1), SSIM, relative L2
 error, mean and standard deviation; every reconstruction is clipped to [0, 1] before scoring (all methods
 alike). Each method's certified Lipschitz bound is recorded next to it (Tikhonov: its exact constant).
 
-Usage: python -m benchmarks.quality [--quick] [--tasks ct-30 blur-g2] [--results-dir DIR]
+Usage: python -m benchmarks.quality [--quick] [--tasks ct-30 blur-g2 ct-180] [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
 from benchmarks._common import RESULTS, environment, write_result
-from invstable import Tikhonov, choose_alpha, fbp, list_models, load_model, tikhonov, tv
+from benchmarks._methods import MODEL_PREFIX, baselines, learned, pairs, peer, psnr
+from benchmarks.peer import RECIPE as PEER_TASKS
+from invstable import choose_alpha, tikhonov
 from invstable.data import task as get_task
-
-MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-"}
-ALPHAS = np.logspace(-4, -0.5, 8)
-LAMBDAS = np.logspace(-4, -2, 5)
-
-
-def _pairs(dataset, count):
-    n = len(dataset) if count is None else min(count, len(dataset))
-    xs, ys, sigmas = zip(*(dataset.sample(i) for i in range(n)))
-    return torch.stack(xs), torch.stack(ys), torch.stack(sigmas)
 
 
 def scores(x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, np.ndarray]:
     """PSNR, SSIM and relative error of each image (reconstructions clipped to [0, 1])."""
     x_hat = x_hat.detach().clamp(0, 1).double().cpu()
     x = x.double().cpu()
-    mse = (x_hat - x).pow(2).flatten(1).mean(1)
-    psnr = (10 * torch.log10(1.0 / mse.clamp_min(1e-20))).numpy()
     rel = ((x_hat - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).numpy()
     ssim = np.array([structural_similarity(a[0].numpy(), b[0].numpy(), data_range=1.0) for a, b in zip(x_hat, x)])
-    return {"psnr": psnr, "ssim": ssim, "relative_error": rel}
+    return {"psnr": psnr(x_hat, x), "ssim": ssim, "relative_error": rel}
 
 
 def _row(method, out, x, seconds, **extra):
@@ -54,70 +45,43 @@ def _row(method, out, x, seconds, **extra):
     return row
 
 
-def _tune(values, run, x_val):
-    """The value of ``values`` with the best mean validation PSNR (never the test set)."""
-    best, curve = None, []
-    for v in values:
-        p = float(scores(run(float(v)), x_val)["psnr"].mean())
-        curve.append([float(v), p])
-        if best is None or p > best[1]:
-            best = (float(v), p)
-    return best[0], curve
-
-
-def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None) -> dict:
+def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, with_peer: bool = True) -> dict:
     spec = get_task(name)
     op = spec.operator
     n_val, n_test = (8, 8) if quick else (32, None)
-    xv, yv, _ = _pairs(spec.pairs("validation"), n_val)
-    xt, yt, st = _pairs(spec.pairs("test"), n_test)
-    rows, tuning, images = [], {}, {}
-
-    def record(method, fn, **extra):
+    xt, yt, st = pairs(spec.pairs("test"), n_test)
+    methods, tuning = baselines(name, n_val=n_val, quick=quick, exact_bounds=not quick)
+    methods += learned(name, models)
+    if with_peer:
+        methods += peer(name)
+    rows, images = [], {}
+    for m in methods:
         start = time.perf_counter()
         with torch.no_grad():
-            out = fn()
-        rows.append(_row(method, out, xt, time.perf_counter() - start, **extra))
-        images[method] = out[-1, 0].clamp(0, 1).numpy()  # the last test image (Shepp-Logan for CT)
-
-    if name.startswith("ct"):
-        record("FBP (ramp)", lambda: fbp(yt, op), lipschitz_bound=None)
-        record("FBP (Hann)", lambda: fbp(yt, op, filter="hann"), lipschitz_bound=None)
-    max_iter = 150 if quick else 500
-    for reg in ("identity", "gradient"):
-        alpha, curve = _tune(ALPHAS, lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv)
-        tuning[f"tikhonov_{reg}"] = {"alpha": alpha, "validation_psnr": curve}
-        if quick or (reg == "gradient" and name.startswith("ct")):
-            # Lanczos on the CG path takes minutes; the identity case has the closed-form bound 1/(2 sqrt(alpha))
-            bound = 1 / (2 * math.sqrt(alpha)) if reg == "identity" else None
-            kind = "upper bound 1/(2 sqrt(alpha))" if reg == "identity" else "not computed"
-        else:
-            bound = Tikhonov(op, alpha, regularizer=reg).lipschitz_bound()
-            kind = "exact constant"
-        record(f"Tikhonov ({reg}, validation alpha)",
-               lambda: tikhonov(yt, op, alpha, regularizer=reg, max_iter=max_iter),
-               alpha=alpha, lipschitz_bound=bound, bound_kind=kind)
-        record(f"Tikhonov ({reg}, discrepancy)",
-               lambda: tikhonov(yt, op, choose_alpha(yt, op, noise_level=st, regularizer=reg, max_iter=max_iter),
-                                regularizer=reg, max_iter=max_iter),
-               lipschitz_bound=None, bound_kind="alpha differs per sample")
-    tv_iter = 100 if quick else 300
-    lam, curve = _tune(LAMBDAS, lambda v: tv(yv, op, v, max_iter=tv_iter), xv)
-    tuning["tv"] = {"lambda": lam, "validation_psnr": curve}
-    record("TV (validation lambda)", lambda: tv(yt, op, lam, max_iter=tv_iter), lam=lam, lipschitz_bound=math.inf,
-           bound_kind="no certificate")
-    for model_name in models if models is not None else list_models():
-        if not model_name.startswith(MODEL_PREFIX[name]):
-            continue
-        model = load_model(model_name)
-        record(model_name, lambda: model(yt), family=model.family, lipschitz_bound=model.lipschitz_bound(),
-               bound_kind="certified" if model.family != "unconstrained" else "no certificate")
-    return {"task": name, "n_test": int(len(xt)), "n_validation": int(len(xv)), "rows": rows, "tuning": tuning,
+            out = m.reconstruct(yt)
+        seconds = time.perf_counter() - start
+        bound = m.bound()
+        rows.append(_row(m.name, out, xt, seconds, kind=m.kind, lipschitz_bound=bound, bound_kind=m.bound_kind,
+                         **m.extra))
+        images[m.name] = out[-1, 0].clamp(0, 1).numpy()  # the last test image (Shepp-Logan for CT)
+        if m.name.startswith("Tikhonov"):
+            reg = "identity" if "identity" in m.name else "gradient"
+            max_iter = 150 if quick else 500
+            start = time.perf_counter()
+            with torch.no_grad():
+                alphas = choose_alpha(yt, op, noise_level=st, regularizer=reg, max_iter=max_iter)
+                out = tikhonov(yt, op, alphas, regularizer=reg, max_iter=max_iter)
+            rows.append(_row(f"Tikhonov ({reg}, discrepancy)", out, xt, time.perf_counter() - start, kind="baseline",
+                             lipschitz_bound=None, bound_kind="alpha differs per sample"))
+    if with_peer and name in PEER_TASKS and not any(m.kind == "peer" for m in methods):
+        rows.append({"method": "deepinv unrolled PGD + DnCNN", "kind": "peer", "missing": True,
+                     "why": f"no trained weights; run `python -m benchmarks.peer --task {name}`"})
+    return {"task": name, "n_test": int(len(xt)), "n_validation": int(n_val), "rows": rows, "tuning": tuning,
             "targets": targets(name, rows), "_images": images, "_truth": xt[-1, 0].numpy()}
 
 
 def _psnr(rows, method):
-    row = next((r for r in rows if r["method"] == method), None)
+    row = next((r for r in rows if r["method"] == method and not r.get("missing")), None)
     return None if row is None else row["psnr_mean"]
 
 
@@ -125,6 +89,8 @@ def targets(name: str, rows: list[dict]) -> list[dict]:
     """The targets of the learned-inverses issue and PROTOCOLS.md, checked against the measured rows."""
     prefix = MODEL_PREFIX.get(name)
     out = []
+    if prefix is None:  # CT-180: baselines only
+        return out
     tik = max(v for v in (_psnr(rows, "Tikhonov (identity, validation alpha)"),
                           _psnr(rows, "Tikhonov (gradient, validation alpha)")) if v is not None)
     tik_bound = next(r["lipschitz_bound"] for r in rows if r["method"] == "Tikhonov (identity, validation alpha)")
@@ -172,31 +138,47 @@ def _figure(results, path):
     plt.close(fig)
 
 
+def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, threads: int = 2,
+        log=print) -> dict:
+    """Evaluate ``tasks``; write ``quality.json`` after each task (a partial run keeps what it finished) and
+    ``quality.png``; return the payload."""
+    torch.set_num_threads(threads)
+    folder = RESULTS if results_dir is None else Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.quality" + (" --quick" if quick else "") + " --tasks " + " ".join(tasks)
+    payload = {"benchmark": "quality", "environment": environment("cpu"), "quick": quick, "command": command,
+               "complete": False, "tasks": []}
+    results = []
+    for t in tasks:
+        start = time.perf_counter()
+        results.append(evaluate_task(t, quick=quick))
+        log(f"quality: {t} done in {time.perf_counter() - start:.0f} s")
+        payload["tasks"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+        payload["complete"] = len(results) == len(tasks)
+        write_result("quality", payload, results_dir=folder)
+    _figure(results, folder / "quality.png")
+    return payload
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 validation and 8 test images, fewer iterations")
-    parser.add_argument("--tasks", nargs="+", default=["ct-30", "blur-g2"], help="protocol tasks")
+    parser.add_argument("--tasks", nargs="+", default=["ct-30", "blur-g2", "ct-180"], help="protocol tasks")
     parser.add_argument("--results-dir", default=None, help="where to write quality.json (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    results = [evaluate_task(t, quick=args.quick) for t in args.tasks]
-    folder = RESULTS if args.results_dir is None else __import__("pathlib").Path(args.results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    _figure(results, folder / "quality.png")
-    payload = {"environment": environment("cpu"), "quick": args.quick,
-               "command": "python -m benchmarks.quality" + (" --quick" if args.quick else ""),
-               "tasks": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
-    path = write_result("quality", payload, results_dir=folder)
+    payload = run(quick=args.quick, tasks=tuple(args.tasks), results_dir=args.results_dir, threads=args.threads)
     for r in payload["tasks"]:
         print(f"\n{r['task']} (test n={r['n_test']})")
         for row in r["rows"]:
+            if row.get("missing"):
+                print(f"  {row['method']:<40} MISSING: {row['why']}")
+                continue
             b = row.get("lipschitz_bound")
             print(f"  {row['method']:<40} PSNR {row['psnr_mean']:6.2f} ± {row['psnr_std']:4.2f}  "
                   f"SSIM {row['ssim_mean']:.3f}  bound {'-' if b is None else f'{b:.2f}'}")
         for t in r["targets"]:
             print(f"  target {'MET   ' if t['met'] else 'MISSED'} {t['model']}: {t['target']} ({t['value']})")
-    print(f"\nwritten {path}")
 
 
 if __name__ == "__main__":

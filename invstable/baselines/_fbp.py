@@ -80,13 +80,12 @@ def fbp(y, op: ParallelBeamCT, *, filter: str | None = "ramp"):
             f"operators"
         )
     t, restore = as_measurement(y, op)
-    with torch.no_grad():
-        dtype = t.dtype if t.dtype == torch.float64 else torch.float32
-        p = t.to(dtype) / op.scale
-        if filter is not None:
-            size = max(64, 2 ** int(math.ceil(math.log2(2 * op.detectors))))
-            response = torch.as_tensor(fourier_filter(size, filter), dtype=dtype, device=t.device)
-            spectrum = torch.fft.fft(p, n=size, dim=-2) * response[:, None]
-            p = torch.fft.ifft(spectrum, dim=-2).real[..., : op.detectors, :]
-        x = op.backproject(p) * (math.pi / (2 * op.n_angles))
+    dtype = t.dtype if t.dtype == torch.float64 else torch.float32  # differentiable in y (a linear map)
+    p = t.to(dtype) / op.scale
+    if filter is not None:
+        size = max(64, 2 ** int(math.ceil(math.log2(2 * op.detectors))))
+        response = torch.as_tensor(fourier_filter(size, filter), dtype=dtype, device=t.device)
+        spectrum = torch.fft.fft(p, n=size, dim=-2) * response[:, None]
+        p = torch.fft.ifft(spectrum, dim=-2).real[..., : op.detectors, :]
+    x = op.backproject(p) * (math.pi / (2 * op.n_angles))
     return restore(x.to(t.dtype))

@@ -146,6 +146,26 @@ def largest_eigenvalue(matvec, size: int, *, max_iter: int = 100, rtol: float = 
     return previous
 
 
+class _DifferentiableSolve(torch.autograd.Function):
+    """``y -> (A^T A + alpha L^T L)^{-1} A^T y`` with the transpose ``g -> A (A^T A + alpha L^T L)^{-1} g`` as
+    its backward (the normal matrix is symmetric)."""
+
+    @staticmethod
+    def forward(ctx, y, solver, x0, holder):
+        with torch.no_grad():
+            x, info = solver.solve(y, x0=x0)
+        holder["info"] = info
+        ctx.solver = solver
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        solver = ctx.solver
+        with torch.no_grad():
+            z, _ = solver.solve(None, adjoint_rhs=grad.contiguous())
+            return solver.op.A(z), None, None, None
+
+
 class Tikhonov:
     r"""Tikhonov reconstructor :math:`R_\alpha y = (A^T A + \alpha L^T L)^{-1} A^T y`.
 
@@ -231,12 +251,23 @@ class Tikhonov:
         return conjugate_gradient(self.normal(alpha), b, x0=x0, tol=self.tol, max_iter=self.max_iter)
 
     def __call__(self, y, *, x0=None, return_info: bool = False):
-        """Reconstruct from ``y`` (torch, batched; or numpy, batch and channel axes optional)."""
+        """Reconstruct from ``y`` (torch, batched; or numpy, batch and channel axes optional).
+
+        Differentiable in ``y``: when ``y`` requires grad, the gradient is :math:`R^T g = A (A^T A + \alpha
+        L^T L)^{-1} g`, one more solve of the same system (implicit differentiation, no unrolled CG), so an
+        adversarial search (:mod:`invstable.stability`) can attack Tikhonov like any network.
+        """
         t, restore = as_measurement(y, self.op)
         with torch.no_grad():
             b = self.op.A_adjoint(t)
             x0_t = None if x0 is None else as_start(x0, tuple(b.shape), b.dtype)
-            x, info = self.solve(t, x0=x0_t, adjoint_rhs=b)
+        if torch.is_grad_enabled() and t.requires_grad:
+            holder = {}
+            x = _DifferentiableSolve.apply(t, self, x0_t, holder)
+            info = holder["info"]
+        else:
+            with torch.no_grad():
+                x, info = self.solve(t, x0=x0_t, adjoint_rhs=b)
         if not bool(info.converged.all()):
             worst = float(info.residual.max())
             warnings.warn(

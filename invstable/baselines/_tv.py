@@ -53,13 +53,15 @@ class TotalVariation:
 
     def __call__(self, y, *, x0=None):
         t, restore = as_measurement(y, self.op)
-        with torch.no_grad():
+        # differentiable in y when y requires grad (autograd through the iterations, for adversarial searches)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and t.requires_grad):
             x_shape = self.op.A_adjoint(t).shape
             step = 1.0 / norm_bound(self.op, x_shape[1:]) ** 2
             solver = optim_builder(
                 iteration="FISTA", prior=TVPrior(n_it_max=self.prox_iter), data_fidelity=L2(),
                 params_algo={"stepsize": step, "lambda": self.lam, "a": 3}, max_iter=self.max_iter,
                 early_stop=True, crit_conv="residual", thres_conv=self.tol,
+                **({"unfold": True, "trainable_params": []} if torch.is_grad_enabled() else {}),
             )
             if x0 is None:
                 x = solver(t, self.op)

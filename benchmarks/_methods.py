@@ -1,0 +1,134 @@
+"""The methods every benchmark compares (PROTOCOLS.md, "Methods compared on every task"), built once here.
+
+Each :class:`Method` is a reconstructor ``y -> x`` on batched tensors, differentiable in ``y`` (so the
+adversarial search of :mod:`invstable.stability` can attack it), with its Lipschitz bound and what kind of
+bound it is. Regularisation weights are tuned on the validation split, never on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from invstable import Tikhonov, fbp, list_models, load_model, tikhonov, tv
+from invstable.data import task as get_task
+
+#: pretrained models of each task (names start with the prefix); CT-180 has none (baselines only)
+MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None}
+ALPHAS = np.logspace(-4, -0.5, 8)
+LAMBDAS = np.logspace(-4, -2, 5)
+
+
+@dataclasses.dataclass
+class Method:
+    """One row of every table: ``reconstruct(y) -> x`` and its Lipschitz bound.
+
+    ``bound()`` is computed on demand (Tikhonov's exact constant takes Lanczos iterations on CT);
+    ``bound_kind`` says what it is: "certified", "exact constant", "upper bound ...", "no certificate".
+    """
+
+    name: str
+    kind: str  # "baseline", "learned" or "peer"
+    reconstruct: Callable[[torch.Tensor], torch.Tensor]
+    bound: Callable[[], float | None]
+    bound_kind: str
+    extra: dict = dataclasses.field(default_factory=dict)
+    module: torch.nn.Module | None = None  # the network, for learned models and the peer
+
+
+def pairs(dataset, count: int | None):
+    """The first ``count`` samples (all when None) of a protocol split, stacked: (x, y, sigma)."""
+    n = len(dataset) if count is None else min(count, len(dataset))
+    xs, ys, sigmas = zip(*(dataset.sample(i) for i in range(n)))
+    return torch.stack(xs), torch.stack(ys), torch.stack(sigmas)
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    """PSNR (data range 1) of each image, the reconstruction clipped to [0, 1]."""
+    mse = (x_hat.detach().clamp(0, 1).double().cpu() - x.double().cpu()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-20))).numpy()
+
+
+def tune(values, run, x_val):
+    """The value of ``values`` with the best mean validation PSNR, and the curve (never the test set)."""
+    best, curve = None, []
+    for v in values:
+        with torch.no_grad():
+            p = float(psnr(run(float(v)), x_val).mean())
+        curve.append([float(v), p])
+        if best is None or p > best[1]:
+            best = (float(v), p)
+    return best[0], curve
+
+
+def _tikhonov_bound(op, alpha, reg, exact):
+    if exact:
+        return lambda: Tikhonov(op, alpha, regularizer=reg).lipschitz_bound(), "exact constant"
+    if reg == "identity":
+        return lambda: 1 / (2 * math.sqrt(alpha)), "upper bound 1/(2 sqrt(alpha))"
+    return lambda: None, "not computed"
+
+
+def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool = True,
+              gradient_bound: bool | None = None) -> tuple[list[Method], dict]:
+    """FBP (CT), Tikhonov (identity, gradient) and TV with weights tuned on ``n_val`` validation images.
+
+    Returns the methods and the tuning record (the validation curves). ``exact_bounds`` computes Tikhonov's
+    exact constant (Lanczos; minutes for the gradient regulariser on CT, which ``gradient_bound=False`` skips).
+    """
+    spec = get_task(name)
+    op = spec.operator
+    xv, yv, _ = pairs(spec.pairs("validation"), n_val)
+    methods, tuning = [], {}
+    if name.startswith("ct"):
+        for filt in ("ramp", "hann"):
+            methods.append(Method(f"FBP ({filt.capitalize()})", "baseline",
+                                  lambda y, f=filt: fbp(y, op, filter=f), lambda: None, "not computed"))
+    max_iter = 150 if quick else 500
+    if gradient_bound is None:
+        gradient_bound = not name.startswith("ct")
+    for reg in ("identity", "gradient"):
+        alpha, curve = tune(ALPHAS, lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv)
+        tuning[f"tikhonov_{reg}"] = {"alpha": alpha, "validation_psnr": curve}
+        solver = Tikhonov(op, alpha, regularizer=reg, max_iter=max_iter)
+        bound, kind = _tikhonov_bound(op, alpha, reg, exact_bounds and (reg == "identity" or gradient_bound))
+        methods.append(Method(f"Tikhonov ({reg}, validation alpha)", "baseline", solver, bound, kind,
+                              {"alpha": alpha}))
+    tv_iter = 100 if quick else 300
+    lam, curve = tune(LAMBDAS, lambda v: tv(yv, op, v, max_iter=tv_iter), xv)
+    tuning["tv"] = {"lambda": lam, "validation_psnr": curve}
+    methods.append(Method("TV (validation lambda)", "baseline", lambda y: tv(y, op, lam, max_iter=tv_iter),
+                          lambda: math.inf, "no certificate", {"lambda": lam, "max_iter": tv_iter}))
+    return methods, tuning
+
+
+def learned(name: str, models: list[str] | None = None) -> list[Method]:
+    """The pretrained models shipped for task ``name`` (all of them unless ``models`` names some)."""
+    prefix = MODEL_PREFIX[name]
+    if prefix is None:
+        return []
+    out = []
+    for model_name in models if models is not None else list_models():
+        if not model_name.startswith(prefix):
+            continue
+        model = load_model(model_name).eval()
+        certified = model.family != "unconstrained"
+        out.append(Method(model_name, "learned", model, model.lipschitz_bound,
+                          "certified" if certified else "no certificate", {"family": model.family}, module=model))
+    return out
+
+
+def peer(name: str) -> list[Method]:
+    """The deepinv peer of ``name`` when its trained weights are there (benchmarks/peer.py), else nothing."""
+    from benchmarks.peer import RECIPE, load_peer, weights_path  # noqa: PLC0415
+
+    if name not in RECIPE or not weights_path(name).is_file():
+        return []
+    model, record = load_peer(name)
+    return [Method("deepinv unrolled PGD + DnCNN", "peer", model, lambda: math.inf, "no certificate",
+                   {"validation_psnr": record["validation_psnr"], "steps": record["recipe"]["steps"]},
+                   module=model)]
