@@ -12,12 +12,13 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from invstable.models._io import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -81,16 +82,10 @@ def time_interleaved(
 def write_result(name: str, payload: dict, *, results_dir: str | Path | None = None) -> Path:
     """Write ``<results_dir>/<name>.json`` atomically (temporary file in the same folder, then rename)."""
     folder = Path(results_dir) if results_dir is not None else RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=False)
             f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+
+    return atomic_write(folder / f"{name}.json", write)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from torch import nn
 
 from benchmarks._common import RESULTS
 from invstable.data import task as get_task
+from invstable.models._io import atomic_write
 from invstable.training import batch_indices, psnr
 
 FORMAT = "invstable.benchmarks.peer/1"
@@ -126,16 +125,8 @@ def train_peer(task: str, *, steps: int | None = None, out: str | Path | None = 
     record = {"format": FORMAT, "task": task, "recipe": cfg, "best_step": best["step"],
               "validation_psnr": best["psnr"], "train_seconds": round(time.perf_counter() - start, 1),
               "threads": torch.get_num_threads(), "history": history}
-    path = weights_path(task, out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(best["state"], tmp, metadata={"invstable": json.dumps(record)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(weights_path(task, out),
+                 lambda tmp: save_file(best["state"], tmp, metadata={"invstable": json.dumps(record)}))
     return record
 
 

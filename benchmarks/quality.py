@@ -45,10 +45,13 @@ def _row(method, out, x, seconds, **extra):
     return row
 
 
-def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, with_peer: bool = True) -> dict:
+def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, with_peer: bool = True,
+                  n_val: int | None = None, n_test: int | None = None) -> dict:
+    """Every method on the test split of ``name`` (all of it, or 8 images when ``quick``; ``n_test`` overrides)."""
     spec = get_task(name)
     op = spec.operator
-    n_val, n_test = (8, 8) if quick else (32, None)
+    n_val = n_val or (8 if quick else 32)
+    n_test = n_test or (8 if quick else None)
     xt, yt, st = pairs(spec.pairs("test"), n_test)
     methods, tuning = baselines(name, n_val=n_val, quick=quick, exact_bounds=not quick)
     methods += learned(name, models)
@@ -139,7 +142,7 @@ def _figure(results, path):
 
 
 def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, threads: int = 2,
-        log=print) -> dict:
+        log=print, n_val: int | None = None, n_test: int | None = None) -> dict:
     """Evaluate ``tasks``; write ``quality.json`` after each task (a partial run keeps what it finished) and
     ``quality.png``; return the payload."""
     torch.set_num_threads(threads)
@@ -151,7 +154,7 @@ def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, 
     results = []
     for t in tasks:
         start = time.perf_counter()
-        results.append(evaluate_task(t, quick=quick))
+        results.append(evaluate_task(t, quick=quick, n_val=n_val, n_test=n_test))
         log(f"quality: {t} done in {time.perf_counter() - start:.0f} s")
         payload["tasks"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
         payload["complete"] = len(results) == len(tasks)

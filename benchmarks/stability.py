@@ -43,7 +43,7 @@ from invstable.data import task as get_task
 from invstable.stability import adversarial_perturbation, random_perturbation
 
 PROTOCOL = {"images": 20, "etas": [0.005, 0.01, 0.02, 0.05], "steps": 200, "restarts": 3, "validation": 32}
-QUICK = {"images": 2, "etas": [0.01, 0.05], "steps": 5, "restarts": 1, "validation": 4}
+QUICK = {"images": 2, "etas": [0.01, 0.05], "steps": 5, "restarts": 1, "validation": 8}
 REFERENCE = "Tikhonov (identity, validation alpha)"
 #: TV is attacked with the perturbations found for this method: a search through TV's unrolled solver
 #: (300 FISTA x 20 prox iterations) is out of reach on a CPU (minutes and gigabytes per step)
@@ -141,8 +141,7 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
                   log=print) -> dict:
     spec = get_task(name)
     x, y, _ = pairs(spec.pairs("test"), settings["images"])
-    methods, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
-                                gradient_bound=False)
+    methods, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick)
     methods = [m for m in methods if m.name != "FBP (Ramp)"]  # the Hann filter is the FBP a user would use
     methods += learned(name) + peer(name)
     done = {r["method"]: r for r in (previous or {}).get("methods", []) if r.get("settings") == settings}

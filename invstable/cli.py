@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._reconstruct import add_parser as add_reconstruct_parser  # noqa: PLC0415
 
     add_reconstruct_parser(sub)
+    from ._benchmark import add_parser as add_benchmark_parser  # noqa: PLC0415
+
+    add_benchmark_parser(sub)
     return parser
 
 

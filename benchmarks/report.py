@@ -1,0 +1,176 @@
+"""Generate ``docs/benchmarks.md`` from the JSON results (never by hand): a table per task with every method
+in a row, the targets met and missed, the figures, and the command, commit and machine of each run.
+
+Usage: python -m benchmarks.report [--results-dir DIR] [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from benchmarks._common import RESULTS
+from invstable.models._io import atomic_write
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _f(v, digits=2, none="-"):
+    if v is None:
+        return none
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def _load(folder: Path, name: str):
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _provenance(payload: dict) -> list[str]:
+    env = payload.get("environment") or payload.get("runs", [{}])[0].get("environment", {})
+    state = "complete" if payload.get("complete", True) else "PARTIAL (the run stopped before its end)"
+    return [f"Command: `{payload.get('command', '?')}` ({'quick size' if payload.get('quick') else 'full size'}, {state}).",
+            f"Run on `{env.get('device_name', '?')}` ({env.get('device', '?')}, {env.get('threads', '?')} torch "
+            f"threads, {env.get('cpu_count', '?')} CPUs), torch {env.get('torch', '?')}, commit "
+            f"`{str(env.get('git_commit', '?'))[:10]}`, {env.get('date', '?')}.", ""]
+
+
+def _figure(lines, rel: str, folder: Path, name: str, caption: str):
+    if (folder / name).is_file():
+        lines += [f"![{caption}]({rel}/{name})", ""]
+
+
+def _targets(lines, targets):
+    if not targets:
+        return
+    lines += ["| model | target | value | met |", "|---|---|---|---|"]
+    for t in targets:
+        ref = f" (Tikhonov: {t['reference']})" if "reference" in t else ""
+        lines.append(f"| {t.get('model', '')} | {t['target']} | {t['value']}{ref} | {'yes' if t['met'] else '**MISSED**'} |")
+    lines.append("")
+
+
+def quality_section(payload, rel, folder) -> list[str]:
+    lines = ["## Reconstruction quality", ""] + _provenance(payload)
+    lines += ["PSNR (dB, data range 1) and SSIM against the truth, relative L2 error, mean ± standard deviation over "
+              "the test set; reconstructions clipped to [0, 1]; weights tuned on the validation split. "
+              "Bound: the Lipschitz bound of `y -> x` (certified for the stable models, the exact constant for "
+              "Tikhonov, `inf` where there is none).", ""]
+    for t in payload["tasks"]:
+        lines += [f"### {t['task']} ({t['n_test']} test images, {t['n_validation']} validation images)", "",
+                  "| method | PSNR | SSIM | rel. error | bound | bound kind | seconds |", "|---|---|---|---|---|---|---|"]
+        for r in t["rows"]:
+            if r.get("missing"):
+                lines.append(f"| {r['method']} | missing: {r['why']} | | | | | |")
+                continue
+            lines.append(f"| {r['method']} | {_f(r['psnr_mean'])} ± {_f(r['psnr_std'])} | {_f(r['ssim_mean'], 3)} | "
+                         f"{_f(r['relative_error_mean'], 3)} | {_f(r.get('lipschitz_bound'))} | "
+                         f"{r.get('bound_kind', '')} | {_f(r['seconds'], 1)} |")
+        lines.append("")
+        _targets(lines, t.get("targets"))
+    _figure(lines, rel, folder, "quality.png", "reconstructions side by side")
+    return lines
+
+
+def stability_section(payload, rel, folder) -> list[str]:
+    s = payload["settings"]
+    lines = ["## Stability to perturbations", ""] + _provenance(payload)
+    size = (f"{s['images']} test images, eta in {{{', '.join(f'{100 * e:g}' for e in s['etas'])}}} % of ||y||, "
+            f"{s['steps']} Adam steps x {s['restarts']} random starts per search")
+    lines += [f"Settings: {size}. " + ("This is the protocol size." if s.get("protocol") else
+              "**Below the protocol size** (20 images, 200 steps x 3 starts, eta in {0.5, 1, 2, 5} %): the "
+              "adversarial figures are weaker lower bounds than the protocol's."), "",
+              "PSNR under a random perturbation and under the adversarial search against the truth, at each eta; "
+              "max ratio: the largest ||R(y + d) - R(y)|| / ||d|| over every perturbation tried (random and both "
+              "searches); violations: ratios above a certified bound (must be 0).", ""]
+    for t in payload["tasks"]:
+        etas = [e["eta"] for e in t["methods"][0]["per_eta"]] if t["methods"] else []
+        head = " | ".join(f"{100 * e:g} %: random / adv." for e in etas)
+        lines += [f"### {t['task']} ({t['images']} images)", "",
+                  f"| method | clean | {head} | max ratio | bound | violations | attack |",
+                  "|---|---|" + "---|" * len(etas) + "---|---|---|---|"]
+        for m in t["methods"]:
+            cells = " | ".join(f"{_f(e['random_psnr']['mean'])} / {_f(e['adversarial_x_psnr']['mean'])}"
+                               for e in m["per_eta"])
+            lines.append(f"| {m['method']} | {_f(m['clean_psnr']['mean'])} | {cells} | {_f(m['empirical_lipschitz'], 3)} | "
+                         f"{_f(m['lipschitz_bound'], 3)} ({m['bound_kind']}) | {_f(m['violations'], 0, 'n/a')} | "
+                         f"{m.get('attack', '')} |")
+        lines.append("")
+        _targets(lines, t.get("targets"))
+    _figure(lines, rel, folder, "stability.png", "PSNR against eta; empirical ratios against bounds")
+    _figure(lines, rel, folder, "stability_examples.png", "worst cases found")
+    return lines
+
+
+def speed_section(payload, rel, folder) -> list[str]:
+    lines = ["## Speed", ""] + _provenance(payload)
+    lines += ["Ratios of medians timed interleaved in one run; absolute times only with the device they ran on.", ""]
+    for run in payload["runs"]:
+        dev = f"{run['device']} ({run['environment'].get('device_name', '?')}, {run['environment'].get('threads')} threads)"
+        lines += [f"### Operators on {dev}", "", "| case | A: deepinv / invstable | A^T: deepinv / invstable |",
+                  "|---|---|---|"]
+        for c in run["operator"]["cases"]:
+            lines.append(f"| {c.get('case', c.get('task'))} | {_f(c.get('speedup_A'), 1)} x | {_f(c.get('speedup_AT'), 1)} x |")
+        lines.append("")
+        for t in run["throughput"]:
+            lines += [f"### Throughput, {t['task']}, batch {t['batch']}, {dev}", "", "| method | images / s |", "|---|---|"]
+            for m in t["methods"]:
+                lines.append(f"| {m['method']} | {'missing: ' + m['why'] if m.get('missing') else _f(m.get('images_per_s'), 1)} |")
+            lines.append("")
+        lines += [f"### Operator floor, {dev}", "", "| task | model | model / K x (A + A^T) | model / all its A, A^T calls |",
+                  "|---|---|---|---|"]
+        for t in run["operator_floor"]:
+            for m in t["models"]:
+                lines.append(f"| {t['task']} | {m['model']} | {_f(m['ratio_to_data_consistency_floor'], 1)} | "
+                             f"{_f(m['ratio_to_all_calls_floor'], 2)} |")
+        lines += ["", f"### Training-step cost of the constraints, {dev}", "",
+                  "| task | family | constrained / unconstrained |", "|---|---|---|"]
+        for t in run["training_overhead"]:
+            for fam in t["families"]:
+                value = fam.get("unavailable") or _f(fam.get("ratio"), 3)
+                lines.append(f"| {t['task']} | {fam['family']} | {value} |")
+        lines.append("")
+    lines += ["### Targets", "", "| target | device | value | met |", "|---|---|---|---|"]
+    for t in payload.get("targets", []):
+        lines.append(f"| {t['target']} | {t.get('device', '')} | {_f(t['value'], 3)} | {'yes' if t['met'] else '**MISSED**'} |")
+    lines.append("")
+    _figure(lines, rel, folder, "speed.png", "speed")
+    return lines
+
+
+def render(folder: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Write the page from the JSON in ``folder`` (default benchmarks/results) to ``out`` atomically."""
+    folder = Path(folder) if folder is not None else RESULTS
+    out = Path(out) if out is not None else (DOCS if folder == RESULTS else folder / "benchmarks.md")
+    rel = os.path.relpath(folder, out.parent)
+    lines = ["# Benchmarks", "",
+             "Generated by `python -m benchmarks.report` from the JSON in "
+             f"`{os.path.relpath(folder, Path(__file__).resolve().parent.parent)}` (do not edit by hand). "
+             "`invstable benchmark` runs everything and rewrites this page; `invstable benchmark --quick` does it "
+             "at a small size in a few minutes. Protocols: `../shared/PROTOCOLS.md`.", ""]
+    sections = (("quality", quality_section), ("stability", stability_section), ("speed", speed_section))
+    for name, section in sections:
+        payload = _load(folder, name)
+        if payload is None:
+            lines += [f"## {name.capitalize()}", "", f"No `{name}.json` yet: run `python -m benchmarks.{name}`.", ""]
+        else:
+            lines += section(payload, rel, folder)
+    atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default=None, help="default benchmarks/results")
+    parser.add_argument("--out", default=None, help="default docs/benchmarks.md (or DIR/benchmarks.md)")
+    args = parser.parse_args(argv)
+    print(f"written {render(args.results_dir, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""``invstable benchmark``: run the benchmarks of ``benchmarks/`` (quality, stability, speed) at a chosen size
+and regenerate ``docs/benchmarks.md`` from their JSON.
+
+The benchmarks live in the source checkout, not in the installed package: the command finds them beside the
+``invstable`` package (an editable install, ``pip install -e .``) and says so when they are not there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS = ("quality", "stability", "speed")
+
+
+def _checkout() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__init__.py").is_file():
+        raise FileNotFoundError(
+            f"invstable benchmark needs the source checkout (the benchmarks/ folder beside the package), but "
+            f"{root / 'benchmarks'} is not there; clone the repository and install it with `pip install -e .`")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def _run(args) -> int:
+    _checkout()
+    results = None if args.results_dir is None else Path(args.results_dir)
+    if args.quick and results is None:
+        raise ValueError("--quick writes to a scratch folder, never over the published results: pass --results-dir "
+                         "DIR (e.g. --results-dir /tmp/invstable-bench)")
+    for name in args.only:
+        module = importlib.import_module(f"benchmarks.{name}")
+        start = time.perf_counter()
+        print(f"== {name}", flush=True)
+        kwargs = {"quick": args.quick, "results_dir": results, "threads": args.threads}
+        if args.tasks:
+            kwargs["tasks"] = tuple(args.tasks)
+        module.run(**kwargs)
+        print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    report = importlib.import_module("benchmarks.report")
+    print(f"written {report.render(results)}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "benchmark", help="run the benchmarks (quality, stability, speed) and regenerate docs/benchmarks.md",
+        description="Run the benchmarks of PROTOCOLS.md and write benchmarks/results/<name>.json, the figures and "
+                    "docs/benchmarks.md. --quick runs them at a small size in a few minutes on 2 cores (into "
+                    "--results-dir, never over the published results); the full size takes hours on a CPU.")
+    p.add_argument("--quick", action="store_true", help="small size: a few images, short searches, few repeats")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
+                   help=f"which benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="protocol tasks (default: each benchmark's own: ct-30 blur-g2, and ct-180 for quality)")
+    p.add_argument("--results-dir", default=None,
+                   help="where the JSON and figures go (default benchmarks/results; required with --quick); the "
+                        "page goes to DIR/benchmarks.md, or docs/benchmarks.md for the default folder")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,140 @@
+"""Smoke tests of benchmarks/: each benchmark at a tiny size, its JSON schema, every method present, the page.
+
+No test asserts a timing. The sizes are far below the protocol's: these tests check the plumbing, the
+benchmarks themselves make the figures.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import quality, report, speed, stability
+from benchmarks._methods import learned
+from benchmarks.peer import RECIPE, load_peer, train_peer, weights_path
+from invstable import list_models
+from invstable.cli import main as cli_main
+
+TASK = "ct-30"
+
+
+def _expected_methods(with_ramp=True):
+    names = ["FBP (Hann)", "Tikhonov (identity, validation alpha)", "Tikhonov (gradient, validation alpha)",
+             "TV (validation lambda)", "deepinv unrolled PGD + DnCNN"]
+    names += [m for m in list_models() if m.startswith("ct30-")]
+    return names + (["FBP (Ramp)"] if with_ramp else [])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_the_peer_weights_are_shipped_and_load_without_code():
+    for task in RECIPE:
+        model, record = load_peer(task)
+        assert record["task"] == task and record["recipe"]["steps"] == RECIPE[task]["steps"]
+        assert math.isfinite(record["validation_psnr"])
+        assert sum(p.numel() for p in model.parameters()) < 20_000  # sized like invstable's models
+
+
+def test_peer_training_writes_loadable_weights_and_refuses_foreign_files(tmp_path):
+    record = train_peer("blur-g2", steps=2, out=tmp_path, threads=1, validation_count=2, log=lambda *_: None)
+    model, meta = load_peer("blur-g2", weights_path("blur-g2", tmp_path))
+    assert meta["best_step"] == record["best_step"] and meta["recipe"]["steps"] == 2
+    with pytest.raises(ValueError, match="not deepinv-peer weights for 'ct-30'"):
+        load_peer("ct-30", weights_path("blur-g2", tmp_path))
+    with pytest.raises(FileNotFoundError, match="python -m benchmarks.peer --task ct-30"):
+        load_peer("ct-30", tmp_path / "absent.safetensors")
+
+
+def test_quality_smoke(results):
+    payload = quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=2, n_test=2,
+                          log=lambda *_: None)
+    on_disk = json.loads((results / "quality.json").read_text())
+    assert on_disk["complete"] and on_disk["tasks"][0]["task"] == TASK and on_disk == json.loads(json.dumps(payload))
+    rows = {r["method"]: r for r in on_disk["tasks"][0]["rows"]}
+    for name in _expected_methods() + ["Tikhonov (identity, discrepancy)", "Tikhonov (gradient, discrepancy)"]:
+        assert name in rows, name
+    for r in rows.values():
+        assert r["n"] == 2 and {"psnr_mean", "psnr_std", "ssim_mean", "relative_error_mean", "kind"} <= set(r)
+    assert rows["ct30-gradflow"]["bound_kind"] == "certified" and math.isfinite(rows["ct30-gradflow"]["lipschitz_bound"])
+    assert {t["target"] for t in on_disk["tasks"][0]["targets"]} >= {"above best Tikhonov by >= 6 dB"}
+    assert (results / "quality.png").stat().st_size > 0
+    assert set(on_disk["environment"]) >= {"machine", "device", "torch", "threads", "git_commit", "date"}
+
+
+def test_stability_smoke(results):
+    payload = stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2,
+                            restarts=1, etas=[0.05], validation=2, log=lambda *_: None)
+    on_disk = json.loads((results / "stability.json").read_text())
+    assert on_disk["complete"] and not on_disk["settings"]["protocol"]
+    methods = {m["method"]: m for m in on_disk["tasks"][0]["methods"]}
+    assert set(_expected_methods(with_ramp=False)) <= set(methods)
+    for m in methods.values():
+        assert [e["eta"] for e in m["per_eta"]] == [0.05]
+        assert m["pairs_checked"] == 3 and m["empirical_lipschitz"] > 0  # random + the two searches, 1 image
+        if m["bound_kind"] == "certified":
+            assert m["violations"] == 0 and m["empirical_lipschitz"] <= m["lipschitz_bound"]
+    assert methods["TV (validation lambda)"]["attack"].startswith("transfer from Tikhonov (gradient")
+    assert methods["ct30-gradflow"]["attack"] == "search on this method"
+    assert on_disk["tasks"][0]["targets"][0]["target"] == "zero certificate violations"
+    assert (results / "stability.png").stat().st_size > 0 and payload["complete"]
+
+
+def test_stability_resume_keeps_measured_methods(results, monkeypatch):
+    # same settings as the smoke run: nothing is measured again
+    calls = []
+    monkeypatch.setattr(stability, "evaluate_method", lambda *a, **k: calls.append(a[0].name))
+    stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2, restarts=1,
+                  etas=[0.05], validation=2, resume=True, log=lambda *_: None)
+    assert calls == []
+
+
+def test_speed_smoke(results):
+    sizes = {"operator_repeats": 1, "repeats": 1, "warmup": 0, "separate_repeats": 1, "separate_warmup": 0,
+             "n_validation": 2, "train_iterations": 1}
+    speed.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, sizes=sizes, log=lambda *_: None)
+    on_disk = json.loads((results / "speed.json").read_text())
+    run = on_disk["runs"][0]
+    assert run["device"] == "cpu" and set(run) >= {"operator", "throughput", "operator_floor", "training_overhead"}
+    assert {c["angles"] for c in run["operator"]["cases"] if "angles" in c} >= {30, 180}
+    timed = {m["method"] for m in run["throughput"][0]["methods"]}
+    assert set(_expected_methods()) <= timed
+    assert {m["model"] for m in run["operator_floor"][0]["models"]} == {m.name for m in learned(TASK)}
+    assert {f["family"] for f in run["training_overhead"][0]["families"]} == set(speed.STABLE_FAMILIES)
+    assert len(on_disk["targets"]) == 2 and (results / "speed.png").stat().st_size > 0
+
+
+def test_report_is_generated_from_the_json(results):
+    page = report.render(results).read_text()
+    for heading in ("## Reconstruction quality", "## Stability to perturbations", "## Speed"):
+        assert heading in page
+    for name in _expected_methods():
+        assert f"| {name} |" in page
+    assert "Below the protocol size" in page and "quality.png" in page
+
+
+def test_report_says_what_has_not_been_run(tmp_path):
+    page = report.render(tmp_path).read_text()
+    assert "No `quality.json` yet" in page and "No `speed.json` yet" in page
+
+
+def test_benchmark_command_errors(tmp_path, capsys):
+    assert cli_main(["benchmark", "--quick"]) == 2
+    assert "--results-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["benchmark", "--only", "nonsense", "--results-dir", str(tmp_path)])
+
+
+def test_baselines_are_differentiable_like_the_models():
+    # what lets invstable.stability attack them: gradients reach y
+    from benchmarks._methods import baselines
+
+    methods, _ = baselines(TASK, n_val=2, quick=True, exact_bounds=False)
+    y = quality.get_task(TASK).pairs("test").sample(0)[1][None].requires_grad_(True)
+    for m in methods:
+        if m.name.startswith(("FBP", "Tikhonov")):
+            grad, = torch.autograd.grad(m.reconstruct(y).square().sum(), y)
+            assert grad.abs().sum() > 0, m.name
