@@ -191,7 +191,8 @@ def throughput_section(name: str, methods: list, tuning: dict, device: torch.dev
                              "warmup": sizes["separate_warmup"],
                              "why": "hundreds of iterations per call; timed in a loop of their own after the others, "
                                     "so their images/s is not interleaved with the rest"},
-        "tuning": {k: {kk: vv for kk, vv in v.items() if kk != "validation_psnr"} for k, v in tuning.items()},
+        "tuning": {k: ({kk: vv for kk, vv in v.items() if kk != "validation_psnr"} if isinstance(v, dict) else v)
+                   for k, v in tuning.items()},
         "methods": rows,
     }
     return section, entries, y
