@@ -24,6 +24,9 @@ LAMBDAS = np.logspace(-4, -2, 5)
 #: TV's weight is tuned on the first 8 validation images (Tikhonov's on all of them): TV costs seconds per image
 #: on a CPU (the tuning curve is recorded)
 TV_VALIDATION = 8
+#: (Tikhonov's CG iteration cap, TV's FISTA iterations) at the full size (False) and the quick one (True)
+ITERATIONS = {False: (500, 300), True: (150, 100)}
+_MODELS: dict = {}
 
 
 @dataclasses.dataclass
@@ -75,13 +78,13 @@ _BOUNDS: dict = {}
 def tuned(name: str, *, n_val: int | None, quick: bool) -> dict:
     """Tikhonov's alpha (identity, gradient) and TV's lambda with the best mean PSNR on the first ``n_val``
     validation images, with the curves; computed once per process for the same arguments."""
-    key = (name, n_val, quick)
+    key = (name, n_val, quick, ITERATIONS[quick])
     if key not in _TUNING:
         spec = get_task(name)
         op = spec.operator
         xv, yv, _ = pairs(spec.pairs("validation"), n_val)
         tuning = {}
-        max_iter, tv_iter = (150, 100) if quick else (500, 300)
+        max_iter, tv_iter = ITERATIONS[quick]
         for reg in ("identity", "gradient"):
             alpha, curve = tune(ALPHAS, lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv)
             tuning[f"tikhonov_{reg}"] = {"alpha": alpha, "max_iter": max_iter, "validation_psnr": curve}
@@ -142,7 +145,9 @@ def learned(name: str, models: list[str] | None = None) -> list[Method]:
     for model_name in models if models is not None else list_models():
         if not model_name.startswith(prefix):
             continue
-        model = load_model(model_name).eval()
+        if model_name not in _MODELS:  # loading re-derives the spectral norms: once per process
+            _MODELS[model_name] = load_model(model_name).eval().requires_grad_(False)  # attacks need no weight grads
+        model = _MODELS[model_name]
         certified = model.family != "unconstrained"
         out.append(Method(model_name, "learned", model, model.lipschitz_bound,
                           "certified" if certified else "no certificate", {"family": model.family}, module=model))
@@ -156,6 +161,7 @@ def peer(name: str) -> list[Method]:
     if name not in RECIPE or not weights_path(name).is_file():
         return []
     model, record = load_peer(name)
+    model.requires_grad_(False)
     return [Method("deepinv unrolled PGD + DnCNN", "peer", model, lambda: math.inf, "no certificate",
                    {"validation_psnr": record["validation_psnr"], "steps": record["recipe"]["steps"]},
                    module=model)]

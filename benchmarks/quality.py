@@ -21,7 +21,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from benchmarks._common import RESULTS, environment, write_result
-from benchmarks._methods import MODEL_PREFIX, baselines, learned, pairs, peer, psnr
+from benchmarks._methods import ITERATIONS, MODEL_PREFIX, baselines, learned, pairs, peer, psnr
 from benchmarks.peer import RECIPE as PEER_TASKS
 from invstable import choose_alpha, tikhonov
 from invstable.data import task as get_task
@@ -69,7 +69,7 @@ def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, wi
         images[m.name] = out[-1, 0].clamp(0, 1).numpy()  # the last test image (Shepp-Logan for CT)
         if m.name.startswith("Tikhonov"):
             reg = "identity" if "identity" in m.name else "gradient"
-            max_iter = 150 if quick else 500
+            max_iter = ITERATIONS[quick][0]
             start = time.perf_counter()
             with torch.no_grad():
                 alphas = choose_alpha(yt, op, noise_level=st, regularizer=reg, max_iter=max_iter)

@@ -38,7 +38,7 @@ import torch
 
 from benchmarks import operators as operator_bench
 from benchmarks._common import RESULTS, environment, time_interleaved, write_result
-from benchmarks._methods import baselines, learned, pairs, peer
+from benchmarks._methods import ITERATIONS, baselines, learned, pairs, peer
 from benchmarks.peer import RECIPE as PEER_TASKS
 from invstable import Tikhonov, UnrolledInverse, fbp, tv
 from invstable.data import task as get_task
@@ -113,7 +113,7 @@ def _rebuild_baseline(m, op, quick: bool):
         return lambda y: fbp(y, op, filter=filt)
     if m.name.startswith("Tikhonov (") and "alpha" in m.extra:
         reg = "identity" if "identity" in m.name else "gradient"
-        max_iter = getattr(m.reconstruct, "max_iter", 150 if quick else 500)
+        max_iter = getattr(m.reconstruct, "max_iter", ITERATIONS[quick][0])
         return Tikhonov(op, m.extra["alpha"], regularizer=reg, max_iter=max_iter)
     if m.name.startswith("TV") and "lambda" in m.extra:
         return lambda y: tv(y, op, m.extra["lambda"], max_iter=m.extra["max_iter"])

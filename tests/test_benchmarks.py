@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import quality, report, speed, stability
+from benchmarks import _methods, quality, report, speed, stability
 from benchmarks._methods import learned
 from benchmarks.peer import RECIPE, load_peer, train_peer, weights_path
 from invstable import list_models
@@ -28,7 +28,11 @@ def _expected_methods(with_ramp=True):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    return tmp_path_factory.mktemp("bench")
+    # tiny solver budgets at the quick size (the plumbing is under test, not the reconstructions)
+    saved = dict(_methods.ITERATIONS)
+    _methods.ITERATIONS[True] = (20, 3)
+    yield tmp_path_factory.mktemp("bench")
+    _methods.ITERATIONS.update(saved)
 
 
 def test_the_peer_weights_are_shipped_and_load_without_code():
@@ -128,7 +132,7 @@ def test_benchmark_command_errors(tmp_path, capsys):
         cli_main(["benchmark", "--only", "nonsense", "--results-dir", str(tmp_path)])
 
 
-def test_baselines_are_differentiable_like_the_models():
+def test_baselines_are_differentiable_like_the_models(results):
     # what lets invstable.stability attack them: gradients reach y
     from benchmarks._methods import baselines
 
