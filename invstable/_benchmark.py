@@ -39,6 +39,8 @@ def _run(args) -> int:
         kwargs = {"quick": args.quick, "results_dir": results, "threads": args.threads}
         if args.tasks:
             kwargs["tasks"] = tuple(args.tasks)
+        if name == "stability":
+            kwargs.update(images=args.images, steps=args.steps, restarts=args.restarts, resume=args.resume)
         module.run(**kwargs)
         print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
     report = importlib.import_module("benchmarks.report")
@@ -61,4 +63,10 @@ def add_parser(sub) -> None:
                    help="where the JSON and figures go (default benchmarks/results; required with --quick); the "
                         "page goes to DIR/benchmarks.md, or docs/benchmarks.md for the default folder")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--images", type=int, default=None,
+                   help="stability: first N test images (protocol: 20; a smaller N is recorded as below the protocol)")
+    p.add_argument("--steps", type=int, default=None, help="stability: Adam steps per search (protocol: 200)")
+    p.add_argument("--restarts", type=int, default=None, help="stability: random starts per search (protocol: 3)")
+    p.add_argument("--resume", action="store_true",
+                   help="stability: keep the methods already measured with the same settings")
     p.set_defaults(func=_run)
