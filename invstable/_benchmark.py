@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+import warnings
 from pathlib import Path
 
 BENCHMARKS = ("quality", "stability", "speed")
@@ -27,6 +28,19 @@ def _checkout() -> Path:
 
 
 def _run(args) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = _run_all(args)
+    capped = [w for w in caught if str(w.message).startswith("Tikhonov CG stopped")]
+    for text in dict.fromkeys(str(w.message) for w in caught if w not in capped):
+        print(f"warning: {text}", file=sys.stderr)
+    if capped:
+        print(f"note: {len(capped)} Tikhonov CG solves stopped at their iteration cap (max_iter is recorded in each "
+              f"JSON's tuning); their figures are those of the capped solves", file=sys.stderr)
+    return code
+
+
+def _run_all(args) -> int:
     _checkout()
     results = None if args.results_dir is None else Path(args.results_dir)
     if args.quick and results is None:
