@@ -142,3 +142,22 @@ def test_baselines_are_differentiable_like_the_models(results):
         if m.name.startswith(("FBP", "Tikhonov")):
             grad, = torch.autograd.grad(m.reconstruct(y).square().sum(), y)
             assert grad.abs().sum() > 0, m.name
+
+
+def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monkeypatch):
+    curve = lambda grid: [[float(v), 20.0] for v in grid]  # noqa: E731
+    tuning = {"n_validation": 32,
+              "tikhonov_identity": {"alpha": 0.01, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS)},
+              "tikhonov_gradient": {"alpha": 0.02, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS)},
+              "tv": {"lambda": 0.001, "max_iter": 300, "n_validation": 8, "validation_psnr": curve(_methods.LAMBDAS)}}
+    payload = {"environment": {"git_commit": "abc"}, "tasks": [{"task": "ct-30", "tuning": tuning}]}
+    (tmp_path / "quality.json").write_text(json.dumps(payload))
+    monkeypatch.setattr(_methods, "RESULTS", tmp_path)
+    got = _methods._published_tuning("ct-30", 32, quick=False)
+    assert got["tv"]["lambda"] == 0.001 and got["source"].startswith("benchmarks/results/quality.json")
+    assert _methods._published_tuning("blur-g2", 32, quick=False) is None  # another task
+    assert _methods._published_tuning("ct-30", 16, quick=False) is None  # other validation images
+    assert _methods._published_tuning("ct-30", 32, quick=True) is None  # other budgets
+    tuning["tv"]["validation_psnr"] = curve(_methods.LAMBDAS[:3])
+    (tmp_path / "quality.json").write_text(json.dumps(payload))
+    assert _methods._published_tuning("ct-30", 32, quick=False) is None  # another grid
