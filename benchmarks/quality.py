@@ -7,12 +7,18 @@ baselines only (no model is trained for it). Metrics on the test split: PSNR (da
 error, mean and standard deviation; every reconstruction is clipped to [0, 1] before scoring (all methods
 alike). Each method's certified Lipschitz bound is recorded next to it (Tikhonov: its exact constant).
 
-Usage: python -m benchmarks.quality [--quick] [--tasks ct-30 blur-g2 ct-180] [--results-dir DIR]
+``--resume`` keeps the tasks already in ``quality.json`` that were measured with the same size (validation and
+test counts, quick or not) and solver budgets; each task records the commit it was measured at. The figure's
+panels (the last test image of every method) are kept beside it in ``quality_panels.npz`` (plain arrays, read
+without pickle); a kept task without panels has them recomputed on that one image.
+
+Usage: python -m benchmarks.quality [--quick] [--tasks ct-30 blur-g2 ct-180] [--results-dir DIR] [--resume]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from benchmarks._common import RESULTS, environment, write_result
+from invstable.models._io import atomic_write
 from benchmarks._methods import ITERATIONS, MODEL_PREFIX, baselines, learned, pairs, peer, psnr
 from benchmarks.peer import RECIPE as PEER_TASKS
 from invstable import choose_alpha, tikhonov
@@ -141,24 +148,89 @@ def _figure(results, path):
     plt.close(fig)
 
 
+def _panels(name: str, *, quick: bool, n_val: int) -> tuple[dict, np.ndarray]:
+    """Every method's reconstruction of the last test image of ``name`` (the figure of a resumed task)."""
+    x, y, _ = pairs(get_task(name).pairs("test"), None)
+    x, y = x[-1:], y[-1:]
+    methods = baselines(name, n_val=n_val, quick=quick, exact_bounds=False)[0] + learned(name)
+    methods += peer(name) if name in PEER_TASKS else []
+    with torch.no_grad():
+        return {m.name: m.reconstruct(y)[0, 0].clamp(0, 1).numpy() for m in methods}, x[0, 0].numpy()
+
+
+def _save_panels(results, path: Path) -> None:
+    arrays = {}
+    for r in results:
+        arrays[f"{r['task']}/truth"] = r["_truth"]
+        arrays.update({f"{r['task']}/method/{k}": v for k, v in r["_images"].items()})
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(path, write)
+
+
+def _load_panels(path: Path, name: str) -> tuple[dict, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if f"{name}/truth" not in z.files:
+            return None
+        prefix = f"{name}/method/"
+        return {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}, z[f"{name}/truth"]
+
+
+def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
+    """The tasks of an earlier ``quality.json`` in ``folder`` measured at the same size and solver budgets."""
+    path = folder / "quality.json"
+    if not path.is_file():
+        return {}
+    payload = json.loads(path.read_text())
+    if payload.get("quick") != quick:
+        return {}
+    commit = payload.get("environment", {}).get("git_commit", "unknown")
+    max_iter, tv_iter = ITERATIONS[quick]
+    kept = {}
+    for t in payload.get("tasks", []):
+        n_expected = len(get_task(t["task"]).pairs("test"))
+        n_expected = n_expected if n_test is None else min(n_test, n_expected)
+        tuning = t.get("tuning", {})
+        if (t.get("n_validation") == n_val and t.get("n_test") == n_expected
+                and tuning.get("tv", {}).get("max_iter") == tv_iter
+                and tuning.get("tikhonov_identity", {}).get("max_iter") == max_iter):
+            kept[t["task"]] = {"measured_at": commit, **t}
+    return kept
+
+
 def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, threads: int = 2,
-        log=print, n_val: int | None = None, n_test: int | None = None) -> dict:
+        log=print, n_val: int | None = None, n_test: int | None = None, resume: bool = False) -> dict:
     """Evaluate ``tasks``; write ``quality.json`` after each task (a partial run keeps what it finished) and
-    ``quality.png``; return the payload."""
+    ``quality.png``; return the payload. ``resume`` keeps the tasks an earlier run measured at the same size."""
     torch.set_num_threads(threads)
     folder = RESULTS if results_dir is None else Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    n_val = n_val or (8 if quick else 32)
     command = "python -m benchmarks.quality" + (" --quick" if quick else "") + " --tasks " + " ".join(tasks)
     payload = {"benchmark": "quality", "environment": environment("cpu"), "quick": quick, "command": command,
                "complete": False, "tasks": []}
+    kept = _kept(folder, quick=quick, n_val=n_val, n_test=n_test) if resume else {}
+    commit = payload["environment"]["git_commit"]
     results = []
     for t in tasks:
         start = time.perf_counter()
-        results.append(evaluate_task(t, quick=quick, n_val=n_val, n_test=n_test))
-        log(f"quality: {t} done in {time.perf_counter() - start:.0f} s")
+        if t in kept:
+            r = kept[t]
+            r["_images"], r["_truth"] = _load_panels(folder / "quality_panels.npz", t) or _panels(
+                t, quick=quick, n_val=n_val)
+            log(f"quality: {t} kept from the earlier run (commit {str(r['measured_at'])[:10]})")
+        else:
+            r = {"measured_at": commit, **evaluate_task(t, quick=quick, n_val=n_val, n_test=n_test)}
+            log(f"quality: {t} done in {time.perf_counter() - start:.0f} s")
+        results.append(r)
         payload["tasks"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
         payload["complete"] = len(results) == len(tasks)
         write_result("quality", payload, results_dir=folder)
+        _save_panels(results, folder / "quality_panels.npz")
     _figure(results, folder / "quality.png")
     return payload
 
@@ -169,8 +241,10 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=["ct-30", "blur-g2", "ct-180"], help="protocol tasks")
     parser.add_argument("--results-dir", default=None, help="where to write quality.json (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--resume", action="store_true", help="keep tasks already measured at this size")
     args = parser.parse_args(argv)
-    payload = run(quick=args.quick, tasks=tuple(args.tasks), results_dir=args.results_dir, threads=args.threads)
+    payload = run(quick=args.quick, tasks=tuple(args.tasks), results_dir=args.results_dir, threads=args.threads,
+                  resume=args.resume)
     for r in payload["tasks"]:
         print(f"\n{r['task']} (test n={r['n_test']})")
         for row in r["rows"]:

@@ -67,6 +67,30 @@ def test_quality_smoke(results):
     assert {t["target"] for t in on_disk["tasks"][0]["targets"]} >= {"above best Tikhonov by >= 6 dB"}
     assert (results / "quality.png").stat().st_size > 0
     assert set(on_disk["environment"]) >= {"machine", "device", "torch", "threads", "git_commit", "date"}
+    assert on_disk["tasks"][0]["measured_at"] == on_disk["environment"]["git_commit"]
+
+
+def test_quality_resume_keeps_tasks_of_the_same_size_only(results, monkeypatch):
+    before = json.loads((results / "quality.json").read_text())["tasks"][0]
+    calls = []
+
+    def evaluate(name, **_):
+        calls.append(name)
+        raise RuntimeError("evaluated afresh")
+    monkeypatch.setattr(quality, "evaluate_task", evaluate)
+    with pytest.raises(RuntimeError, match="afresh"):  # another validation size: not kept
+        quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=3, n_test=2, resume=True,
+                    log=lambda *_: None)
+    assert calls == [TASK]
+    (results / "quality_panels.npz").unlink()  # kept tasks without panels recompute them on one image
+    quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=2, n_test=2, resume=True,
+                log=lambda *_: None)
+    assert calls == [TASK]
+    after = json.loads((results / "quality.json").read_text())["tasks"][0]
+    assert {k: v for k, v in after.items() if k != "measured_at"} == {k: v for k, v in before.items()
+                                                                        if k != "measured_at"}
+    with __import__("numpy").load(results / "quality_panels.npz", allow_pickle=False) as z:
+        assert f"{TASK}/truth" in z.files and f"{TASK}/method/ct30-gradflow" in z.files
 
 
 def test_stability_smoke(results):
