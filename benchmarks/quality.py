@@ -10,7 +10,7 @@ alike). Each method's certified Lipschitz bound is recorded next to it (Tikhonov
 ``--resume`` keeps the tasks already in ``quality.json`` that were measured with the same size (validation and
 test counts, quick or not) and solver budgets; each task records the commit it was measured at. The figure's
 panels (the last test image of every method) are kept beside it in ``quality_panels.npz`` (plain arrays, read
-without pickle); a kept task without panels has them recomputed on that one image.
+without pickle; not committed); a kept task without panels has them recomputed on that one image.
 
 Usage: python -m benchmarks.quality [--quick] [--tasks ct-30 blur-g2 ct-180] [--results-dir DIR] [--resume]
 """
@@ -166,7 +166,7 @@ def _save_panels(results, path: Path) -> None:
 
     def write(tmp):
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez_compressed(fh, **arrays)
     atomic_write(path, write)
 
 

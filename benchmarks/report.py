@@ -64,6 +64,9 @@ def quality_section(payload, rel, folder) -> list[str]:
     for t in payload["tasks"]:
         lines += [f"### {t['task']} ({t['n_test']} test images, {t['n_validation']} validation images)", "",
                   "| method | PSNR | SSIM | rel. error | bound | bound kind | seconds |", "|---|---|---|---|---|---|---|"]
+        if t.get("measured_at") and t["measured_at"] != (payload.get("environment") or {}).get("git_commit"):
+            lines[-2:-2] = [f"Measured at commit `{str(t['measured_at'])[:10]}` by an earlier run of the same size "
+                            "(kept by `--resume`).", ""]
         for r in t["rows"]:
             if r.get("missing"):
                 lines.append(f"| {r['method']} | missing: {r['why']} | | | | | |")
