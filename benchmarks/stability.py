@@ -236,7 +236,7 @@ def _figure(results: list[dict], folder: Path) -> None:
     fig, axes = plt.subplots(len(examples), n, figsize=(1.9 * n, 2.3 * len(examples)), squeeze=False)
     for row, r in zip(axes, examples):
         panels = [("truth", r["_truth"])] + [(k, v["image"]) for k, v in r["_examples"].items()]
-        for ax, (title, img) in zip(row, panels + [None] * (n - len(panels))):
+        for ax, (title, img) in zip(row, panels + [(None, None)] * (n - len(panels))):  # tasks differ in methods
             ax.axis("off")
             if img is not None:
                 ax.imshow(img, cmap="gray", vmin=0, vmax=1)

@@ -120,6 +120,19 @@ def test_stability_resume_keeps_measured_methods(results, monkeypatch):
     assert calls == []
 
 
+def test_stability_figures_with_tasks_of_different_method_counts(tmp_path):
+    import numpy as np
+
+    def task(n_methods):
+        rows = [{"method": f"m{i}", "per_eta": [{"eta": 0.05, "adversarial_x_psnr": {"mean": 20.0},
+                                                  "random_psnr": {"mean": 25.0}}],
+                 "empirical_lipschitz": 1.0, "lipschitz_bound": 2.0} for i in range(n_methods)]
+        return {"task": f"t{n_methods}", "methods": rows, "_truth": np.zeros((4, 4)),
+                "_examples": {r["method"]: {"image": np.ones((4, 4))} for r in rows}}
+    stability._figure([task(3), task(1)], tmp_path)
+    assert (tmp_path / "stability.png").stat().st_size > 0 and (tmp_path / "stability_examples.png").stat().st_size > 0
+
+
 def test_speed_smoke(results):
     sizes = {"operator_repeats": 1, "repeats": 1, "warmup": 0, "separate_repeats": 1, "separate_warmup": 0,
              "n_validation": 2, "train_iterations": 1}
