@@ -55,6 +55,20 @@ def _targets(lines, targets):
     lines.append("")
 
 
+def _grid_edges(tuning: dict) -> list[str]:
+    """A warning for every weight whose validation optimum lies at an end of its grid (the best value may lie
+    outside it, and the method may be under-tuned)."""
+    out = []
+    for key, weight in (("tikhonov_identity", "alpha"), ("tikhonov_gradient", "alpha"), ("tv", "lambda")):
+        record = tuning.get(key, {})
+        grid = [v for v, _ in record.get("validation_psnr", [])]
+        if len(grid) > 1 and record.get(weight) in (grid[0], grid[-1]):
+            out.append(f"Note: {key.replace('_', ' ')} {weight} = {record[weight]:g} is at the "
+                       f"{'lower' if record[weight] == grid[0] else 'upper'} end of its validation grid "
+                       f"[{grid[0]:g}, {grid[-1]:g}]: the method may be under-tuned here.")
+    return out + [""] if out else out
+
+
 def quality_section(payload, rel, folder) -> list[str]:
     lines = ["## Reconstruction quality", ""] + _provenance(payload)
     lines += ["PSNR (dB, data range 1) and SSIM against the truth, relative L2 error, mean ± standard deviation over "
@@ -75,6 +89,7 @@ def quality_section(payload, rel, folder) -> list[str]:
                          f"{_f(r['relative_error_mean'], 3)} | {_f(r.get('lipschitz_bound'))} | "
                          f"{r.get('bound_kind', '')} | {_f(r['seconds'], 1)} |")
         lines.append("")
+        lines += _grid_edges(t.get("tuning", {}))
         _targets(lines, t.get("targets"))
     _figure(lines, rel, folder, "quality.png", "reconstructions side by side")
     return lines

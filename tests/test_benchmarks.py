@@ -198,3 +198,11 @@ def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monk
     tuning["tv"]["validation_psnr"] = curve(_methods.LAMBDAS[:3])
     (tmp_path / "quality.json").write_text(json.dumps(payload))
     assert _methods._published_tuning("ct-30", 32, quick=False) is None  # another grid
+
+
+def test_report_flags_weights_tuned_at_the_end_of_their_grid():
+    curve = [[1e-4, 30.0], [1e-3, 29.0], [1e-2, 28.0]]
+    notes = report._grid_edges({"tv": {"lambda": 1e-4, "validation_psnr": curve},
+                                "tikhonov_identity": {"alpha": 1e-3, "validation_psnr": curve}})
+    assert len(notes) == 2 and "tv lambda = 0.0001 is at the lower end" in notes[0]
+    assert report._grid_edges({"tv": {"lambda": 1e-3, "validation_psnr": curve}}) == []
