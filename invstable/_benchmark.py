@@ -53,8 +53,10 @@ def _run_all(args) -> int:
         kwargs = {"quick": args.quick, "results_dir": results, "threads": args.threads}
         if args.tasks:
             kwargs["tasks"] = tuple(args.tasks)
+        if name in ("quality", "stability"):
+            kwargs["resume"] = args.resume
         if name == "stability":
-            kwargs.update(images=args.images, steps=args.steps, restarts=args.restarts, resume=args.resume)
+            kwargs.update(images=args.images, steps=args.steps, restarts=args.restarts)
         module.run(**kwargs)
         print(f"== {name}: {time.perf_counter() - start:.0f} s", flush=True)
     report = importlib.import_module("benchmarks.report")
@@ -82,5 +84,6 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="stability: Adam steps per search (protocol: 200)")
     p.add_argument("--restarts", type=int, default=None, help="stability: random starts per search (protocol: 3)")
     p.add_argument("--resume", action="store_true",
-                   help="stability: keep the methods already measured with the same settings")
+                   help="quality and stability: keep the tasks (quality) and methods (stability) an earlier run "
+                        "measured with the same settings")
     p.set_defaults(func=_run)

@@ -169,6 +169,17 @@ def test_benchmark_command_errors(tmp_path, capsys):
         cli_main(["benchmark", "--only", "nonsense", "--results-dir", str(tmp_path)])
 
 
+def test_benchmark_command_passes_its_options(tmp_path, monkeypatch):
+    seen = {}
+    for module in (quality, stability, speed):
+        monkeypatch.setattr(module, "run", lambda name=module.__name__, **kw: seen.setdefault(name, kw))
+    cli_main(["benchmark", "--quick", "--results-dir", str(tmp_path), "--resume", "--images", "3", "--tasks", TASK])
+    assert seen["benchmarks.quality"]["resume"] and seen["benchmarks.stability"]["resume"]
+    assert seen["benchmarks.stability"]["images"] == 3 and "resume" not in seen["benchmarks.speed"]
+    assert all(kw["tasks"] == (TASK,) and kw["quick"] for kw in seen.values())
+    assert (tmp_path / "benchmarks.md").is_file()
+
+
 def test_baselines_are_differentiable_like_the_models(results):
     # what lets invstable.stability attack them: gradients reach y
     from benchmarks._methods import baselines
