@@ -39,6 +39,7 @@ import torch
 from benchmarks import operators as operator_bench
 from benchmarks._common import RESULTS, environment, time_interleaved, write_result
 from benchmarks._methods import ITERATIONS, baselines, learned, pairs, peer
+from benchmarks.layer_overhead import train_step_fn
 from benchmarks.peer import RECIPE as PEER_TASKS
 from invstable import Tikhonov, UnrolledInverse, fbp, tv
 from invstable.data import task as get_task
@@ -279,18 +280,6 @@ def floor_section(name: str, entries: list, y: torch.Tensor, device: torch.devic
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _train_step(model, y, x):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = ((model(y) - x) ** 2).mean()
-        loss.backward()
-        opt.step()
-    return step
-
-
 def _same_architecture(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Same parameter names, shapes and values (checked before any training step)."""
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
@@ -319,7 +308,7 @@ def training_section(name: str, device: torch.device, *, iterations: int, sizes:
                          "why": "constrained=False did not switch the constraint off in every layer"})
             continue
         same = _same_architecture(on, off)
-        t = time_interleaved({"constrained": _train_step(on, y, x), "unconstrained": _train_step(off, y, x)},
+        t = time_interleaved({"constrained": train_step_fn(on, y, x), "unconstrained": train_step_fn(off, y, x)},
                              repeats=sizes["repeats"], warmup=sizes["warmup"], device=device)
         ratio = t["constrained"]["median_s"] / t["unconstrained"]["median_s"]
         rows.append({"family": family, "ratio": ratio, "target": OVERHEAD_TARGET, "met": bool(ratio <= OVERHEAD_TARGET),
