@@ -26,14 +26,14 @@ BATCH = 8
 SIZE = 128
 
 
-def ct_case(angles: int, device: torch.device, repeats: int) -> dict:
+def ct_case(angles: int, device: torch.device, repeats: int, size: int = SIZE) -> dict:
     start = time.perf_counter()
-    ours = ParallelBeamCT(SIZE, angles, normalize=False)
-    x = torch.rand(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+    ours = ParallelBeamCT(size, angles, normalize=False)
+    x = torch.rand(BATCH, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     ours.to(device).A(x)  # builds and moves the sparse matrices (one-off, cached per geometry)
     build_s = time.perf_counter() - start
     theta = torch.linspace(0, 180, angles + 1, dtype=torch.float32)[:-1]
-    theirs = deepinv.physics.Tomography(theta.to(device), SIZE, circle=False, normalize=False, device=device)
+    theirs = deepinv.physics.Tomography(theta.to(device), size, circle=False, normalize=False, device=device)
     y_ours, y_theirs = ours.A(x), theirs.A(x)
     ours.A_adjoint(y_ours)
     theirs.A_adjoint(y_theirs)
@@ -45,7 +45,7 @@ def ct_case(angles: int, device: torch.device, repeats: int) -> dict:
     }, repeats=repeats, device=device)
     agreement = float((y_ours - y_theirs).norm() / y_theirs.norm()) if y_ours.shape == y_theirs.shape else None
     return {
-        "task": f"CT-{angles}", "image_size": SIZE, "angles": angles, "batch": BATCH,
+        "task": f"CT-{angles}", "image_size": size, "angles": angles, "batch": BATCH,
         "measurement_shape": list(y_ours.shape), "deepinv_measurement_shape": list(y_theirs.shape),
         "relative_difference_to_deepinv": agreement,
         "projector_build_s": build_s,

@@ -82,23 +82,13 @@ def _quiet_cg():
 
 
 # ---------------------------------------------------------------------------------------------- operator
-def _ct_case_at(size: int, angles: int, device: torch.device, repeats: int) -> dict:
-    """:func:`benchmarks.operators.ct_case` at another image size (it reads the module's ``SIZE`` when called)."""
-    previous = operator_bench.SIZE
-    operator_bench.SIZE = size
-    try:
-        return operator_bench.ct_case(angles, device, repeats)
-    finally:
-        operator_bench.SIZE = previous
-
-
 def operator_section(device: torch.device, *, repeats: int) -> dict:
     """``A`` and ``A^T`` per batch of 8 against deepinv, as speed-ups (deepinv time / invstable time)."""
     cases = []
     for label, case in (
         ("CT-30 (128 x 128)", lambda: operator_bench.ct_case(30, device, repeats)),
         ("CT-180 (128 x 128)", lambda: operator_bench.ct_case(180, device, repeats)),
-        ("CT-30 (256 x 256)", lambda: _ct_case_at(256, 30, device, repeats)),
+        ("CT-30 (256 x 256)", lambda: operator_bench.ct_case(30, device, repeats, size=256)),
         ("Blur-G2 (128 x 128)", lambda: operator_bench.blur_case(device, repeats)),
     ):
         cases.append({"case": label, **case()})
