@@ -46,6 +46,7 @@ class Method:
     bound_kind: str
     extra: dict = dataclasses.field(default_factory=dict)
     module: torch.nn.Module | None = None  # the network, for learned models and the peer
+    rebuild: Callable | None = None  # baselines: operator -> the same reconstructor on it (another device)
 
 
 def pairs(dataset, count: int | None):
@@ -151,18 +152,21 @@ def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool =
     methods = []
     if name.startswith("ct"):
         for filt in ("ramp", "hann"):
-            methods.append(Method(f"FBP ({filt.capitalize()})", "baseline",
-                                  lambda y, f=filt: fbp(y, op, filter=f), lambda: None, "not computed"))
+            make = (lambda f: lambda o: lambda y: fbp(y, o, filter=f))(filt)
+            methods.append(Method(f"FBP ({filt.capitalize()})", "baseline", make(op), lambda: None, "not computed",
+                                  rebuild=make))
     if gradient_bound is None:
         gradient_bound = not name.startswith("ct")
     for reg in ("identity", "gradient"):
         alpha, max_iter = tuning[f"tikhonov_{reg}"]["alpha"], tuning[f"tikhonov_{reg}"]["max_iter"]
         bound, kind = _tikhonov_bound(name, op, alpha, reg, exact_bounds and (reg == "identity" or gradient_bound))
-        methods.append(Method(f"Tikhonov ({reg}, validation alpha)", "baseline",
-                              Tikhonov(op, alpha, regularizer=reg, max_iter=max_iter), bound, kind, {"alpha": alpha}))
+        make = (lambda a, r, n: lambda o: Tikhonov(o, a, regularizer=r, max_iter=n))(alpha, reg, max_iter)
+        methods.append(Method(f"Tikhonov ({reg}, validation alpha)", "baseline", make(op), bound, kind,
+                              {"alpha": alpha}, rebuild=make))
     lam, tv_iter = tuning["tv"]["lambda"], tuning["tv"]["max_iter"]
-    methods.append(Method("TV (validation lambda)", "baseline", lambda y: tv(y, op, lam, max_iter=tv_iter),
-                          lambda: math.inf, "no certificate", {"lambda": lam, "max_iter": tv_iter}))
+    make = lambda o: lambda y: tv(y, o, lam, max_iter=tv_iter)  # noqa: E731
+    methods.append(Method("TV (validation lambda)", "baseline", make(op), lambda: math.inf, "no certificate",
+                          {"lambda": lam, "max_iter": tv_iter}, rebuild=make))
     return methods, tuning
 
 

@@ -38,10 +38,10 @@ import torch
 
 from benchmarks import operators as operator_bench
 from benchmarks._common import RESULTS, environment, time_interleaved, write_result
-from benchmarks._methods import ITERATIONS, baselines, learned, pairs, peer
+from benchmarks._methods import baselines, learned, pairs, peer
 from benchmarks.layer_overhead import train_step_fn
 from benchmarks.peer import RECIPE as PEER_TASKS
-from invstable import Tikhonov, UnrolledInverse, fbp, tv
+from invstable import UnrolledInverse
 from invstable.data import task as get_task
 
 TASKS = ("ct-30", "blur-g2", "ct-180")
@@ -97,21 +97,7 @@ def operator_section(device: torch.device, *, repeats: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- methods
-def _rebuild_baseline(m, op, quick: bool):
-    """Baseline ``m`` (built and tuned on the CPU) rebuilt on ``op`` of another device, same weight and iterations."""
-    if m.name.startswith("FBP ("):
-        filt = m.name[len("FBP ("):-1].lower()
-        return lambda y: fbp(y, op, filter=filt)
-    if m.name.startswith("Tikhonov (") and "alpha" in m.extra:
-        reg = "identity" if "identity" in m.name else "gradient"
-        max_iter = getattr(m.reconstruct, "max_iter", ITERATIONS[quick][0])
-        return Tikhonov(op, m.extra["alpha"], regularizer=reg, max_iter=max_iter)
-    if m.name.startswith("TV") and "lambda" in m.extra:
-        return lambda y: tv(y, op, m.extra["lambda"], max_iter=m.extra["max_iter"])
-    return None
-
-
-def _on_device(name: str, methods: list, device: torch.device, quick: bool) -> tuple[list, list[dict]]:
+def _on_device(name: str, methods: list, device: torch.device) -> tuple[list, list[dict]]:
     """``(name, kind, reconstruct, method)`` for each method on ``device``, and rows for those not available."""
     if device.type == "cpu":
         return [(m.name, m.kind, m.reconstruct, m) for m in methods], []
@@ -121,10 +107,10 @@ def _on_device(name: str, methods: list, device: torch.device, quick: bool) -> t
         if m.module is not None:
             fn = copy.deepcopy(m.module).to(device).eval()
         else:
-            fn = _rebuild_baseline(m, op, quick)
+            fn = None if m.rebuild is None else m.rebuild(op)
         if fn is None:
             missing.append({"method": m.name, "kind": m.kind, "missing": True,
-                            "why": f"speed.py does not know how to rebuild this baseline on {device.type}"})
+                            "why": f"this baseline has no rebuild for another operator ({device.type})"})
         else:
             out.append((m.name, m.kind, fn, m))
     return out, missing
@@ -149,14 +135,14 @@ def _separate(method_name: str) -> bool:
     return method_name.startswith("TV")
 
 
-def throughput_section(name: str, methods: list, tuning: dict, device: torch.device, *, quick: bool,
+def throughput_section(name: str, methods: list, tuning: dict, device: torch.device, *,
                        sizes: dict) -> tuple[dict, list, torch.Tensor]:
     """Images/s of every method on one batch of test measurements; returns the section, the device methods and
     the batch."""
     batch = BATCH.get(device.type, BATCH["cpu"])
     _, y, _ = pairs(get_task(name).pairs("test"), batch)
     y = y.to(device)
-    entries, rows = _on_device(name, methods, device, quick)
+    entries, rows = _on_device(name, methods, device)
     with torch.no_grad(), _quiet_cg():
         if device.type != "cpu":
             entries, failed = _probe(entries, y, device)
@@ -381,7 +367,7 @@ def run(*, quick: bool, results_dir=None, tasks=None, device: str = "cpu", threa
                     f"A^T {c['speedup_AT']:6.1f}x faster than deepinv")
             for name in tasks:
                 methods, tuning = prepared[name]
-                section, entries, y = throughput_section(name, methods, tuning, dev, quick=quick, sizes=sizes)
+                section, entries, y = throughput_section(name, methods, tuning, dev, sizes=sizes)
                 record["throughput"].append(section)
                 for r in section["methods"]:
                     shown = "MISSING: " + r["why"] if r.get("missing") else f"{r['images_per_s']:9.2f} images/s"

@@ -180,6 +180,18 @@ def test_benchmark_command_passes_its_options(tmp_path, monkeypatch):
     assert (tmp_path / "benchmarks.md").is_file()
 
 
+def test_baselines_rebuild_on_another_operator_to_the_same_reconstructor(results):
+    # what speed.py uses to time them on a GPU: same weight and iterations on the moved operator
+    from benchmarks._methods import baselines
+    methods, _ = baselines(TASK, n_val=2, quick=True, exact_bounds=False)
+    op = quality.get_task(TASK).operator
+    y = op.A(torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(1)))
+    for m in methods:
+        assert m.rebuild is not None, m.name
+        with torch.no_grad():
+            torch.testing.assert_close(m.rebuild(op)(y), m.reconstruct(y), msg=m.name)
+
+
 def test_baselines_are_differentiable_like_the_models(results):
     # what lets invstable.stability attack them: gradients reach y
     from benchmarks._methods import baselines
