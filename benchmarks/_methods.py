@@ -18,6 +18,7 @@ import torch
 from benchmarks._common import RESULTS
 from invstable import Tikhonov, fbp, list_models, load_model, tikhonov, tv
 from invstable.data import task as get_task
+from invstable.training import psnr as training_psnr
 
 #: pretrained models of each task (names start with the prefix); CT-180 has none (baselines only)
 MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None}
@@ -57,9 +58,8 @@ def pairs(dataset, count: int | None):
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> np.ndarray:
-    """PSNR (data range 1) of each image, the reconstruction clipped to [0, 1]."""
-    mse = (x_hat.detach().clamp(0, 1).double().cpu() - x.double().cpu()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-20))).numpy()
+    """PSNR (data range 1) of each image, the reconstruction clipped to [0, 1], in double precision."""
+    return training_psnr(x_hat.detach().clamp(0, 1).double().cpu(), x.double().cpu()).numpy()
 
 
 def tune(values, run, x_val):

@@ -151,9 +151,9 @@ class _DifferentiableSolve(torch.autograd.Function):
     its backward (the normal matrix is symmetric)."""
 
     @staticmethod
-    def forward(ctx, y, solver, x0, holder):
+    def forward(ctx, y, solver, x0, b, holder):
         with torch.no_grad():
-            x, info = solver.solve(y, x0=x0)
+            x, info = solver.solve(y, x0=x0, adjoint_rhs=b)
         holder["info"] = info
         ctx.solver = solver
         return x
@@ -163,7 +163,7 @@ class _DifferentiableSolve(torch.autograd.Function):
         solver = ctx.solver
         with torch.no_grad():
             z, _ = solver.solve(None, adjoint_rhs=grad.contiguous())
-            return solver.op.A(z), None, None, None
+            return solver.op.A(z), None, None, None, None
 
 
 class Tikhonov:
@@ -263,7 +263,7 @@ class Tikhonov:
             x0_t = None if x0 is None else as_start(x0, tuple(b.shape), b.dtype)
         if torch.is_grad_enabled() and t.requires_grad:
             holder = {}
-            x = _DifferentiableSolve.apply(t, self, x0_t, holder)
+            x = _DifferentiableSolve.apply(t, self, x0_t, b, holder)  # b = A^T y, computed once
             info = holder["info"]
         else:
             with torch.no_grad():
