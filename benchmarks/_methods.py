@@ -100,27 +100,31 @@ def tuned(name: str, *, n_val: int | None, quick: bool) -> dict:
     return _TUNING[key]
 
 
-def _published_tuning(name: str, n_val: int | None, quick: bool) -> dict | None:
-    """The tuning recorded in ``benchmarks/results/quality.json`` when it was made on the same validation images
-    with the same grids and iteration budgets (then it is the same computation: the other benchmarks reuse it,
-    TV's tuning costs many minutes on a CPU), else None."""
-    path = RESULTS / "quality.json"
-    if quick or n_val is None or not path.is_file():
-        return None
-    payload = json.loads(path.read_text())
+def same_tuning(tuning: dict, n_val: int, quick: bool) -> bool:
+    """Whether a recorded tuning was made on the first ``n_val`` validation images with this module's grids and
+    iteration budgets (then it is the same computation as :func:`tuned` would make)."""
     max_iter, tv_iter = ITERATIONS[quick]
-    for t in payload.get("tasks", []):
-        tuning = t.get("tuning", {})
-        try:
-            same = (t["task"] == name and tuning["n_validation"] == n_val
+    try:
+        return bool(tuning["n_validation"] == n_val
                     and tuning["tv"]["n_validation"] == min(n_val, TV_VALIDATION) and tuning["tv"]["max_iter"] == tv_iter
                     and np.allclose([v for v, _ in tuning["tv"]["validation_psnr"]], LAMBDAS)
                     and all(tuning[f"tikhonov_{r}"]["max_iter"] == max_iter
                             and np.allclose([v for v, _ in tuning[f"tikhonov_{r}"]["validation_psnr"]], ALPHAS)
                             for r in ("identity", "gradient")))
-        except (KeyError, TypeError, ValueError):
-            same = False
-        if same:
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _published_tuning(name: str, n_val: int | None, quick: bool) -> dict | None:
+    """The tuning recorded in ``benchmarks/results/quality.json`` when it is :func:`same_tuning` (the other
+    benchmarks reuse it: TV's tuning costs many minutes on a CPU), else None."""
+    path = RESULTS / "quality.json"
+    if quick or n_val is None or not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    for t in payload.get("tasks", []):
+        tuning = t.get("tuning", {})
+        if t.get("task") == name and same_tuning(tuning, n_val, quick):
             commit = str(payload.get("environment", {}).get("git_commit", "?"))[:10]
             return {**tuning, "source": f"benchmarks/results/quality.json (commit {commit})"}
     return None

@@ -28,7 +28,7 @@ from skimage.metrics import structural_similarity
 
 from benchmarks._common import RESULTS, environment, write_result
 from invstable.models._io import atomic_write
-from benchmarks._methods import ITERATIONS, MODEL_PREFIX, baselines, learned, pairs, peer, psnr
+from benchmarks._methods import ITERATIONS, MODEL_PREFIX, baselines, learned, pairs, peer, psnr, same_tuning
 from benchmarks.peer import RECIPE as PEER_TASKS
 from invstable import choose_alpha, tikhonov
 from invstable.data import task as get_task
@@ -181,7 +181,8 @@ def _load_panels(path: Path, name: str) -> tuple[dict, np.ndarray] | None:
 
 
 def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
-    """The tasks of an earlier ``quality.json`` in ``folder`` measured at the same size and solver budgets."""
+    """The tasks of an earlier ``quality.json`` in ``folder`` measured at the same size, with the same tuning grids
+    and solver budgets."""
     path = folder / "quality.json"
     if not path.is_file():
         return {}
@@ -189,15 +190,11 @@ def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
     if payload.get("quick") != quick:
         return {}
     commit = payload.get("environment", {}).get("git_commit", "unknown")
-    max_iter, tv_iter = ITERATIONS[quick]
     kept = {}
     for t in payload.get("tasks", []):
         n_expected = len(get_task(t["task"]).pairs("test"))
         n_expected = n_expected if n_test is None else min(n_test, n_expected)
-        tuning = t.get("tuning", {})
-        if (t.get("n_validation") == n_val and t.get("n_test") == n_expected
-                and tuning.get("tv", {}).get("max_iter") == tv_iter
-                and tuning.get("tikhonov_identity", {}).get("max_iter") == max_iter):
+        if t.get("n_test") == n_expected and same_tuning(t.get("tuning", {}), n_val, quick):
             kept[t["task"]] = {"measured_at": commit, **t}
     return kept
 
