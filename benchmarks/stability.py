@@ -57,9 +57,9 @@ def _norm(t):
     return t.flatten(1).norm(dim=1)
 
 
-def _ratio(reconstruct, y, base, d):
-    with torch.no_grad():
-        return (_norm(reconstruct(y + d) - base) / _norm(d).clamp_min(1e-30)).double().cpu().numpy()
+def _ratio(out, base, d):
+    """||R(y + d) - R(y)|| / ||d|| per image, from ``out = R(y + d)`` and ``base = R(y)``."""
+    return (_norm(out - base) / _norm(d).clamp_min(1e-30)).double().cpu().numpy()
 
 
 def _stats(v: np.ndarray) -> dict:
@@ -88,20 +88,22 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 10, seed: int 
             acc = per_eta[eta]
             d = random_perturbation(yb, eta, seed=seed + b0)
             with torch.no_grad():
-                acc["random"].append(psnr(R(yb + d), xb))
-            acc["ratio_random"].append(_ratio(R, yb, base, d))
+                out = R(yb + d)
+            acc["random"].append(psnr(out, xb))
+            acc["ratio_random"].append(_ratio(out, base, d))
             for key, target in (("adversarial", None), ("adversarial_x", xb)):
+                att = None
                 if transfer is not None:
                     delta = transfer[(b0, eta, key)]
-                    ratio = _ratio(R, yb, base, delta)
                 else:
                     att = adversarial_perturbation(R, yb, eta, target=target, steps=settings["steps"],
                                                    restarts=settings["restarts"], seed=seed + b0)
-                    delta, ratio = att.delta, att.ratio.double().cpu().numpy()
+                    delta = att.delta
                 if found is not None:
                     found[(b0, eta, key)] = delta
                 with torch.no_grad():
                     out = R(yb + delta)
+                ratio = _ratio(out, base, delta) if att is None else att.ratio.double().cpu().numpy()
                 acc[key].append(psnr(out, xb))
                 acc[f"ratio_{key}"].append(ratio)
                 if b0 == 0 and key == "adversarial_x" and eta == max(settings["etas"]):
