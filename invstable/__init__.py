@@ -12,6 +12,7 @@ from .baselines import fbp as fbp
 from .baselines import tikhonov as tikhonov
 from .baselines import tv as tv
 from .models import UnrolledInverse as UnrolledInverse
+from .models import VariationalInverse as VariationalInverse
 from .models import list_models as list_models
 from .models import load_model as load_model
 from .operators import as_operator as as_operator

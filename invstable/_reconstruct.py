@@ -46,6 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="tikhonov regulariser (default: %(default)s)")
     p.add_argument("--noise-level", type=float, help="noise standard deviation, for --alpha auto")
     p.add_argument("--filter", default="ramp", help="fbp filter: ramp, shepp-logan, cosine, hamming, hann")
+    p.add_argument("--preset", help="universal: the weights tuned on a protocol task's validation split (ct-30, "
+                                    "ct-180, blur-g2); default: the noise-level rule (--noise-level)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: %(default)s)")
     p.set_defaults(func=run)
     return p
@@ -190,9 +192,21 @@ def run(args) -> int:
         if method not in PRETRAINED and not Path(method).exists():
             raise ValueError(f"unknown method {method!r}: not a baseline ({', '.join(BASELINES)}), a pretrained "
                              f"model ({', '.join(list_models()) or 'none installed'}) or an existing model file")
-        model = load_model(method)
-        op = model.operator
-        if args.operator:
+        from .models._io import RIDGE_FORMAT, file_format
+        from .models._pretrained import _resolve
+
+        if file_format(_resolve(method)) == RIDGE_FORMAT:  # a universal regulariser: any operator
+            if not args.operator:
+                raise ValueError(f"--method {method} serves any operator: pass --operator NAME (ct, blur, a plugin's) "
+                                 "with its parameters")
+            op = _build_operator(args)
+            model = load_model(method, operator=op, preset=args.preset, noise_level=args.noise_level)
+        else:
+            if args.preset is not None:
+                raise ValueError(f"--preset applies to the universal regulariser, not to {method!r}")
+            model = load_model(method)
+            op = model.operator
+        if args.operator and not hasattr(model, "tune"):
             asked = _build_operator(args)
             if asked.config() != op.config():
                 raise ValueError(f"the model {method!r} was trained for {op!r}, not for {asked!r}; leave --operator "
@@ -228,6 +242,10 @@ def run(args) -> int:
             model = model.to(device)
             x = model(y)
             note = {"method": method, "lipschitz_bound": model.lipschitz_bound()}
+            if hasattr(model, "certificate"):
+                cert = model.certificate()
+                note.update(model.parameters_dict(), additive=cert.additive,
+                            iterations=model.last_solve.iterations)
     out = x.detach().cpu().numpy()
     out = out[0, 0] if out.shape[:2] == (1, 1) else out
     path = write_array(args.out, out)

@@ -124,3 +124,76 @@ def build_model(model_config: dict, operator_config: dict, tensors: dict[str, to
     model.load_state_dict(tensors, strict=False)
     model.refresh(reseed=True)  # the power-iteration vectors, derived from the weights as save_model did
     return model.eval()
+
+
+RIDGE_FORMAT = "invstable.ridge/1"
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_regularizer(regularizer, path: str | os.PathLike, *, metadata: dict, overwrite: bool = False) -> Path:
+    """Write a :class:`invstable.nn.ConvexRidgeRegularizer` as safetensors (configuration, record and a SHA-256
+    digest of the tensors in the header), atomically; an existing file is replaced only with ``overwrite``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True (--overwrite) to replace it")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in regularizer.state_dict().items()}
+    config = {"class": "ConvexRidgeRegularizer", "channels": list(regularizer.channels),
+              "kernel_size": regularizer.kernel_size, "knots": regularizer.activation.knots,
+              "span": regularizer.activation.span}
+    header = {"format": RIDGE_FORMAT, "model": json.dumps(config), "extra": json.dumps(metadata),
+              "digest": _tensor_digest(tensors)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` field of a safetensors model file's header (None if it has none or cannot be read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return (fh.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+
+
+def load_regularizer(path: str | os.PathLike):
+    """``(regularizer, extra)`` from a file of :func:`save_regularizer`; the digest and every shape are checked."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..nn import ConvexRidgeRegularizer
+
+    path = Path(path)
+    where = repr(str(path))
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            header = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{where} is not a readable safetensors model file: {err}") from None
+    if header.get("format") != RIDGE_FORMAT:
+        raise ModelFileError(f"{where} is not a convex ridge regulariser (format {header.get('format')!r}, "
+                             f"expected {RIDGE_FORMAT!r})")
+    if header.get("digest") != _tensor_digest(tensors):
+        raise ModelFileError(f"{where}: the tensors do not match the digest in the header (the file is damaged); "
+                             "reinstall the package or re-save the model")
+    try:
+        config, extra = json.loads(header["model"]), json.loads(header["extra"])
+        reg = ConvexRidgeRegularizer(tuple(config["channels"]), kernel_size=int(config["kernel_size"]),
+                                     knots=int(config["knots"]), span=float(config["span"]))
+        reg.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError, RuntimeError) as err:
+        raise ModelFileError(f"{where}: damaged header or weights that do not match it ({err})") from None
+    return reg.eval(), extra

@@ -25,3 +25,5 @@ from ._spectral import matrix_norm as matrix_norm
 from ._spectral import refresh_spectral_norms as refresh_spectral_norms
 from ._training import prolong as prolong
 from ._training import time_smoothness as time_smoothness
+from ._ridge import ConvexRidgeRegularizer as ConvexRidgeRegularizer
+from ._ridge import MonotoneSpline as MonotoneSpline

@@ -8,3 +8,8 @@ from ._loop import load_checkpoint as load_checkpoint
 from ._loop import psnr as psnr
 from ._loop import resolve_device as resolve_device
 from ._loop import train as train
+from ._ridge import RidgeConfig as RidgeConfig
+from ._ridge import RidgeDenoiser as RidgeDenoiser
+from ._ridge import save_universal as save_universal
+from ._ridge import train_ridge as train_ridge
+from ._ridge import write_learning_curve as write_learning_curve
