@@ -161,6 +161,72 @@ def speed_section(payload, rel, folder) -> list[str]:
     return lines
 
 
+def universal_targets(payload: dict) -> list[dict]:
+    """The targets of the universal-regulariser issue, checked against the measured values."""
+    out = []
+    for task, row in payload.get("protocol", {}).items():
+        base = {b["method"]: b for b in row["baselines"]}
+        tv = base.get("TV (validation lambda)", {}).get("psnr_mean")
+        tik = max(b["psnr_mean"] for name, b in base.items() if name.startswith("Tikhonov") and "validation" in name)
+        p = row["psnr_mean"]
+        if tv is not None:
+            out.append({"model": f"universal, {task}", "target": ">= TV (validation lambda)",
+                        "value": round(p - tv, 3), "met": bool(p >= tv)})
+        out.append({"model": f"universal, {task}", "target": ">= best Tikhonov + 1 dB", "value": round(p - tik, 3),
+                    "met": bool(p >= tik + 1)})
+        ratio = row["lipschitz_bound"] / row["tikhonov_exact_constant"]
+        out.append({"model": f"universal, {task}", "target": "bound <= 2x Tikhonov's exact constant",
+                    "value": round(ratio, 3), "met": bool(ratio <= 2 + 1e-9)})
+    for task, sp in payload.get("speed", {}).items():
+        out.append({"model": f"universal, {task}", "target": ">= 10x faster than TV at batch 8",
+                    "value": round(sp["tv_over_universal"], 2), "met": bool(sp["tv_over_universal"] >= 10)})
+    return out
+
+
+def universal_section(payload, rel, folder) -> list[str]:
+    lines = ["## The universal regulariser", ""] + _provenance(payload)
+    lines += ["One convex ridge regulariser trained once as a denoiser on patches (docs/universal.md), used on every "
+              "operator through `load_model(\"universal\", operator=op)`; lam, scale and m tuned on the first "
+              "validation images with the certified bound held to at most twice Tikhonov's exact constant. The other "
+              "rows are those of the quality run (same test split; the commit they were measured at is given).", ""]
+    for task, row in payload.get("protocol", {}).items():
+        lines += [f"### {task} (test split, {row.get('n_test', '?')} images; baselines measured at "
+                  f"`{str(row.get('baselines_measured_at', '?'))[:10]}`)", "",
+                  "| method | PSNR | SSIM | bound |", "|---|---|---|---|",
+                  f"| **universal** (lam {row['lam']:.3g}, scale {row['scale']:.3g}, m {row['strong_convexity']:.3g}) | "
+                  f"{_f(row['psnr_mean'])} ± {_f(row['psnr_std'])} | {_f(row['ssim_mean'], 3)} | "
+                  f"{_f(row['lipschitz_bound'])} + {_f(row['additive'], 3)} (certified) |"]
+        for b in row["baselines"]:
+            lines.append(f"| {b['method']} | {_f(b['psnr_mean'])} ± {_f(b['psnr_std'])} | {_f(b['ssim_mean'], 3)} | "
+                         f"{_f(b['lipschitz_bound'])} |")
+        lines += ["", f"Solver: at most {row['iterations_max']} iterations per batch of 8 (mean "
+                  f"{row['iterations_mean']:.0f}), largest certified distance to the exact minimiser "
+                  f"{row['certified_distance_max']:.3g} (the additive term is twice the tolerance).", ""]
+    if payload.get("speed"):
+        lines += ["### Reconstruction time (batch 8, interleaved in one run)", "",
+                  "| task | universal (s) | TV (s) | TV / universal | universal iterations |", "|---|---|---|---|---|"]
+        for task, sp in payload["speed"].items():
+            lines.append(f"| {task} | {_f(sp['universal'], 1)} | {_f(sp['TV'], 1)} | {_f(sp['tv_over_universal'])} | "
+                         f"{sp['universal_iterations']} |")
+        lines.append("")
+    if payload.get("unseen"):
+        lines += ["### Operators it was never tuned for", "",
+                  "Every method tuned on the same 8 validation images, scored on the same 16 test images "
+                  "(PSNR dB / SSIM).", "",
+                  "| operator | universal | TV | Tikhonov (identity) | Tikhonov (gradient) | universal bound |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in payload["unseen"].items():
+            u, b = entry.get("universal"), entry.get("baselines", {})
+            cell = lambda r: "-" if r is None else f"{_f(r['psnr_mean'])} / {_f(r['ssim_mean'], 3)}"  # noqa: E731
+            lines.append(f"| {entry['what']} | {cell(u)} | {cell(b.get('TV'))} | {cell(b.get('Tikhonov (identity)'))} "
+                         f"| {cell(b.get('Tikhonov (gradient)'))} | {_f(u['lipschitz_bound']) if u else '-'} |")
+        lines.append("")
+    _targets(lines, universal_targets(payload))
+    _figure(lines, rel, folder, "universal_training.png", "learning curve of the universal regulariser")
+    _figure(lines, rel, folder, "universal_filters.png", "learned filters and activations")
+    return lines
+
+
 def render(folder: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Write the page from the JSON in ``folder`` (default benchmarks/results) to ``out`` atomically."""
     folder = Path(folder) if folder is not None else RESULTS
@@ -171,7 +237,8 @@ def render(folder: str | Path | None = None, out: str | Path | None = None) -> P
              f"`{os.path.relpath(folder, Path(__file__).resolve().parent.parent)}` (do not edit by hand). "
              "`invstable benchmark` runs everything and rewrites this page; `invstable benchmark --quick` does it "
              "at a small size in a few minutes. Protocols: `../shared/PROTOCOLS.md`.", ""]
-    sections = (("quality", quality_section), ("stability", stability_section), ("speed", speed_section))
+    sections = (("quality", quality_section), ("stability", stability_section), ("speed", speed_section),
+                ("universal", universal_section))
     for name, section in sections:
         payload = _load(folder, name)
         if payload is None:

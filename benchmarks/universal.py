@@ -33,7 +33,7 @@ from invstable import Tikhonov, load_model, tikhonov, tv
 from invstable.data import task as get_task
 from invstable.operators import Blur, ParallelBeamCT, gaussian_kernel
 
-PARTS = ("unseen-baselines", "unseen", "protocol", "speed")
+PARTS = ("unseen-baselines", "unseen", "protocol", "speed", "figure")
 PROTOCOL_TASKS = ("ct-30", "blur-g2", "ct-180")
 #: validation images used to tune the universal (TV is tuned on the same number in benchmarks/_methods.py)
 N_VALIDATION = 8
@@ -178,6 +178,7 @@ def protocol(name, log=print, *, quick=False):
     model = load_model("universal", operator=op)
     row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=max_lip)
     row["tikhonov_exact_constant"] = float(tik["lipschitz_bound"])
+    row["n_test"], row["n_validation"] = int(len(xt)), int(len(xv))
     keep = ("method", "psnr_mean", "psnr_std", "ssim_mean", "lipschitz_bound", "bound_kind", "seconds")
     row["baselines"] = [{k: r.get(k) for k in keep} for r in quality["rows"] if not r.get("missing")]
     row["baselines_measured_at"] = quality["commit"]
@@ -219,6 +220,7 @@ def run(parts, *, resume=False, quick=False, threads=2, log=print):
 
     def save():
         result["environment"] = environment("cpu")
+        result["command"] = "python -m benchmarks.universal --resume"
         write_result("universal", result) if not quick else None
 
     for name in UNSEEN:
@@ -239,7 +241,45 @@ def run(parts, *, resume=False, quick=False, threads=2, log=print):
             chosen = {k: p[k] for k in ("lam", "scale", "strong_convexity")}
             result["speed"][name] = speed(name, chosen, log)
             save()
+    if "figure" in parts:
+        figure(RESULTS / "universal_filters.png")
     return result
+
+
+def figure(path):
+    """The learned filters (the composed kernels of W) and activations of the shipped regulariser."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from invstable.models._io import atomic_write
+
+    model = load_model("universal", operator=Blur(gaussian_kernel(2.0), 128))
+    reg = model.regularizer
+    k = reg.kernel().detach()[:, 0]
+    order = torch.argsort(k.flatten(1).norm(dim=1), descending=True)
+    n = len(order)
+    cols = 8
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(cols * 1.4, 2 * rows * 1.4))
+    t = torch.linspace(-reg.activation.span * 1.2, reg.activation.span * 1.2, 400)
+    sig = reg.activation(t.view(1, 1, -1).expand(1, n, -1)).detach()[0]
+    for i, c in enumerate(order.tolist()):
+        ax = axes[2 * (i // cols), i % cols]
+        ax.imshow(k[c].numpy(), cmap="RdBu_r", vmin=-float(k[c].abs().max()), vmax=float(k[c].abs().max()))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"#{c} |w|={float(k[c].norm()):.2f}", fontsize=6)
+        ax = axes[2 * (i // cols) + 1, i % cols]
+        ax.plot(t.numpy(), sig[c].numpy(), lw=1)
+        ax.plot(t.numpy(), t.numpy(), lw=0.5, color="0.7")
+        ax.tick_params(labelsize=5)
+    fig.suptitle("universal regulariser: filters of W (9 x 9, by norm) and their activations sigma_i (slopes in [0, 1])",
+                 fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 def main(argv=None):

@@ -114,8 +114,9 @@ class VariationalInverse(nn.Module):
     The solver is accelerated projected gradient (FISTA) with the gradient restart of O'Donoghue and Candès,
     step :math:`1/L` with the certified :math:`L = \|A\|^2 + \lambda s \|W\|^2 + m`. At a point ``z`` with
     gradient mapping :math:`G = L(z - P_C(z - \nabla F(z)/L))`, strong convexity gives
-    :math:`\|z - x^*\| \le (1 + \sqrt{1 + m/L}) \|G\| / m`, and the returned :math:`P_C(z - \nabla F(z) / L)` is
-    no farther (the projected gradient step is non-expansive and fixes :math:`x^*`).
+    :math:`\|z - x^*\| \le (1 + \sqrt{1 - m/L}) \|G\| / m \le 2\|G\|/m`, and the returned
+    :math:`P_C(z - \nabla F(z) / L)` is no farther (the projected gradient step is non-expansive and fixes
+    :math:`x^*`).
 
     References
     ----------
@@ -140,6 +141,10 @@ class VariationalInverse(nn.Module):
             raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
         self.max_iter = max_iter
         self.image_shape = None if image_shape is None else tuple(int(n) for n in image_shape)
+        #: start each solve from the previous solution when it has the same shape (a sequence of nearby
+        #: measurements, e.g. an adversarial search); the result differs only within the certified tolerance
+        self.warm_start = False
+        self._previous: torch.Tensor | None = None
         self.last_solve: SolveInfo | None = None
         self.tuning: dict | None = None
         self._cache: dict = {}
@@ -213,8 +218,10 @@ class VariationalInverse(nn.Module):
         kernel = self.regularizer.kernel().detach().to(aty)
         big_l = self._smoothness(aty)
         m = self.strong_convexity
-        factor = (1.0 + math.sqrt(1.0 + m / big_l)) / m
+        factor = 2.0 / m  # ||z - x*|| <= (1 + sqrt(1 - m / L)) ||G(z)|| / m <= 2 ||G(z)|| / m (docs/universal.md)
         target = self.tol * math.sqrt(math.prod(aty.shape[1:]))
+        if x0 is None and self.warm_start and self._previous is not None and self._previous.shape == aty.shape:
+            x0 = self._previous
         x = self._project(torch.zeros_like(aty) if x0 is None else x0.to(aty))
         z = x.clone()
         t = torch.ones(aty.shape[0], 1, 1, 1, dtype=aty.dtype, device=aty.device)
@@ -232,6 +239,8 @@ class VariationalInverse(nn.Module):
             t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
             z = torch.where(restart, x_new, x_new + ((t - 1.0) / t_next) * (x_new - x))
             x, t = x_new, t_next
+        if self.warm_start:
+            self._previous = x.detach()
         info = SolveInfo(iterations=it, converged=converged, error_bound=err.detach().cpu(), tolerance=target)
         self.last_solve = info
         if not converged:
@@ -292,13 +301,15 @@ class VariationalInverse(nn.Module):
         return {"lam": self.lam, "scale": self.scale, "strong_convexity": self.strong_convexity}
 
     def tune(self, x_val: torch.Tensor, y_val: torch.Tensor, *, max_lipschitz: float | None = None,
-             factor: float = 2.0, max_evaluations: int = 40) -> dict:
+             factor: float = 2.0, max_evaluations: int = 30) -> dict:
         r"""Choose :math:`\lambda`, :math:`\mu` and ``m`` with the best mean validation PSNR (no weight training).
 
-        A coordinate search on log grids (ratio ``factor``, then ``sqrt(factor)``) from the current values: each
-        weight moves while the PSNR improves, so the chosen value never sits at the end of the values tried.
-        ``m`` is searched at and above ``1 / (4 max_lipschitz^2)`` when ``max_lipschitz`` is given (then the
-        certified bound is at most ``max_lipschitz``), else from the current value.
+        A coordinate search in log scale from the current values: ``lam`` alone by ``factor**2``, then the three
+        weights by ``factor``, then ``lam`` and ``scale`` by ``sqrt(factor)``. Each weight moves while the PSNR
+        improves and stops when the next value is worse, so the chosen value never sits at the end of the values
+        tried. ``m`` is searched at and above ``1 / (4 max_lipschitz^2)`` when ``max_lipschitz`` is given (then
+        the certified bound is at most ``max_lipschitz``), else from the current value. Each solve starts from
+        the best reconstruction so far.
 
         Parameters
         ----------
@@ -306,6 +317,10 @@ class VariationalInverse(nn.Module):
             Validation images (never test images).
         y_val : torch.Tensor
             Their measurements.
+        max_lipschitz : float, optional
+        factor : float, default 2
+        max_evaluations : int, default 30
+            Solves at most; the record says when the budget ran out.
 
         Returns
         -------
@@ -320,7 +335,7 @@ class VariationalInverse(nn.Module):
             self.strong_convexity = m_floor  # the search starts at the floor and only goes up
         evaluations: list[dict] = []
         seen: dict = {}
-        warm = {"x": None}
+        state = {"x": None, "best": -math.inf}
         x_ref = x_val.detach().double().cpu()
 
         def score(values: dict) -> float:
@@ -331,30 +346,36 @@ class VariationalInverse(nn.Module):
                 setattr(self, k, v)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                x, info = self.solve(y_val, x0=warm["x"])
+                x, info = self.solve(y_val, x0=state["x"])
             mse = ((x.detach().double().cpu().clamp(0, 1) - x_ref) ** 2).flatten(1).mean(dim=1)
             p = float((10 * torch.log10(1.0 / mse.clamp_min(1e-20))).mean())
             seen[key] = p
+            if p > state["best"]:
+                state["x"], state["best"] = x, p
             evaluations.append({**values, "psnr": p, "iterations": info.iterations, "converged": info.converged})
             return p
 
         current = self.parameters_dict()
         best = score(current)
-        for ratio in (factor, math.sqrt(factor)):
+        stages = ((factor ** 2, ("lam",)), (factor, ("lam", "scale", "strong_convexity")),
+                  (math.sqrt(factor), ("lam", "scale")))
+        for ratio, names in stages:
             improved = True
             while improved and len(evaluations) < max_evaluations:
                 improved = False
-                for name in ("lam", "scale", "strong_convexity"):
+                for name in names:
                     for direction in (ratio, 1.0 / ratio):
+                        moved = False
                         while len(evaluations) < max_evaluations:
                             trial = dict(current, **{name: current[name] * direction})
                             if name == "strong_convexity" and trial[name] < m_floor * (1 - 1e-12):
                                 break
                             p = score(trial)
-                            if p > best:
-                                best, current, improved = p, trial, True
-                            else:
+                            if p <= best:
                                 break
+                            best, current, improved, moved = p, trial, True, True
+                        if moved:
+                            break  # the other side is the value it came from, already worse
         for k, v in current.items():
             setattr(self, k, v)
         self.tuning = {"chosen": current, "validation_psnr": best, "n_validation": int(len(x_val)),

@@ -138,12 +138,14 @@ def _lr_factor(config: RidgeConfig, step: int) -> float:
 
 
 def train_ridge(config: RidgeConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
-                log=print, threads: int | None = None) -> tuple[RidgeDenoiser, dict]:
+                log=print, threads: int | None = None, until: int | None = None) -> tuple[RidgeDenoiser, dict]:
     """Train :class:`RidgeDenoiser` with Adam and a cosine schedule; returns the model and the record.
 
     ``resume=True`` continues from ``checkpoint`` (its configuration must equal ``config``, else ValueError);
-    without it an existing checkpoint is refused rather than overwritten.
+    without it an existing checkpoint is refused rather than overwritten. ``until`` stops at that step of the
+    ``config.steps``-step schedule (the checkpoint is written there; a later call continues it exactly).
     """
+    until = config.steps if until is None else min(int(until), config.steps)
     if threads:
         torch.set_num_threads(threads)
     model = RidgeDenoiser(config)
@@ -183,7 +185,7 @@ def train_ridge(config: RidgeConfig, *, checkpoint: str | Path | None = None, re
 
     if step == 0:
         curve.append({"step": 0, "seconds": 0.0, "validation_psnr": validate(model, val_x)})
-    while step < config.steps:
+    while step < until:
         start = time.perf_counter()
         idx = torch.randint(0, len(train_x), (config.batch_size,), generator=gen)
         x = train_x[idx]
@@ -198,13 +200,13 @@ def train_ridge(config: RidgeConfig, *, checkpoint: str | Path | None = None, re
         opt.step()
         step += 1
         elapsed += time.perf_counter() - start
-        if step % config.validate_every == 0 or step == config.steps:
+        if step % config.validate_every == 0 or step == until:
             scores = validate(model, val_x)
             curve.append({"step": step, "seconds": round(elapsed, 2), "validation_psnr": scores,
                           "loss": loss.item()})
             log(f"step {step}: {elapsed:.0f} s, loss {loss.item():.3e}, validation PSNR {scores}, "
                 f"lam {model.log_lam.exp().tolist()}, mu {model.log_mu.exp().tolist()}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step == until:
             save()
     record = {"config": config.to_dict(), "steps": step, "seconds": round(elapsed, 1), "curve": curve,
               "device": "cpu", "threads": torch.get_num_threads(),
