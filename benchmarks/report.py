@@ -177,6 +177,9 @@ def universal_targets(payload: dict) -> list[dict]:
         ratio = row["lipschitz_bound"] / row["tikhonov_exact_constant"]
         out.append({"model": f"universal, {task}", "target": "bound <= 2x Tikhonov's exact constant",
                     "value": round(ratio, 3), "met": bool(ratio <= 2 + 1e-9)})
+    for task, st in payload.get("stability", {}).items():
+        out.append({"model": f"universal, {task}", "target": "0 certificate violations (ratio <= L, strict)",
+                    "value": st["violations_strict"], "met": st["violations_strict"] == 0})
     for task, sp in payload.get("speed", {}).items():
         out.append({"model": f"universal, {task}", "target": ">= 10x faster than TV at batch 8",
                     "value": round(sp["tv_over_universal"], 2), "met": bool(sp["tv_over_universal"] >= 10)})
@@ -208,6 +211,22 @@ def universal_section(payload, rel, folder) -> list[str]:
         for task, sp in payload["speed"].items():
             lines.append(f"| {task} | {_f(sp['universal'], 1)} | {_f(sp['TV'], 1)} | {_f(sp['tv_over_universal'])} | "
                          f"{sp['universal_iterations']} |")
+        lines.append("")
+    if payload.get("stability"):
+        st0 = next(iter(payload["stability"].values()))["settings"]
+        lines += ["### Stability (below the protocol size)", "",
+                  f"{st0['images']} test images, eta in {st0['etas']}, {st0['steps']} Adam steps x {st0['restarts']} "
+                  f"start(s) per search (the protocol asks for 20 images, 200 x 3); a two-point search for the largest "
+                  f"ratio at radius {st0['pair_radius']} ||y||. Violations: strict (ratio above L) and with the "
+                  "solver's additive term.", "",
+                  "| task | clean | adv. PSNR at each eta (vs R(y) / vs x) | max ratio | L | additive | violations |",
+                  "|---|---|---|---|---|---|---|"]
+        for task, st in payload["stability"].items():
+            adv = ", ".join(f"{r['eta']:g}: {r['adversarial_psnr']:.2f} / {r['adversarial_x_psnr']:.2f}"
+                            for r in st["per_eta"])
+            lines.append(f"| {task} | {_f(st['clean_psnr'])} | {adv} | {_f(st['empirical_lipschitz'], 3)} | "
+                         f"{_f(st['lipschitz_bound'], 3)} | {_f(st['additive'], 3)} | "
+                         f"{st['violations_strict']} strict, {st['violations_with_additive']} with the term |")
         lines.append("")
     if payload.get("unseen"):
         lines += ["### Operators it was never tuned for", "",

@@ -33,7 +33,9 @@ from invstable import Tikhonov, load_model, tikhonov, tv
 from invstable.data import task as get_task
 from invstable.operators import Blur, ParallelBeamCT, gaussian_kernel
 
-PARTS = ("unseen-baselines", "unseen", "protocol", "speed", "figure")
+PARTS = ("unseen-baselines", "unseen", "protocol", "speed", "stability", "figure")
+#: the stability search run here (below the protocol's 20 images, 200 steps x 3 starts: recorded as such)
+STABILITY = {"images": 2, "etas": [0.01, 0.05], "steps": 10, "restarts": 1, "pair_radius": 1e-3}
 PROTOCOL_TASKS = ("ct-30", "blur-g2", "ct-180")
 #: validation images used to tune the universal (TV is tuned on the same number in benchmarks/_methods.py)
 N_VALIDATION = 8
@@ -210,6 +212,56 @@ def speed(name, chosen: dict, log=print):
     return out
 
 
+def stability(name, chosen: dict, log=print, settings=STABILITY):
+    """Random and adversarial perturbations (both objectives of PROTOCOLS.md) and a two-point search for the
+    largest ratio, each checked against the certificate: strictly (ratio <= L) and with the solver's additive
+    term (||R(y1) - R(y2)|| <= L ||y1 - y2|| + additive)."""
+    from invstable.stability import adversarial_perturbation, lipschitz_search, random_perturbation
+
+    spec = get_task(name)
+    x, y, _ = pairs(spec.pairs("test"), settings["images"])
+    model = load_model("universal", operator=spec.operator, **chosen)
+    model.warm_start = True  # nearby measurements: start from the previous solution (within the tolerance)
+    start = time.perf_counter()
+    with torch.no_grad():
+        base = model(y)
+    cert = model.certificate()
+    norm = lambda t: t.flatten(1).norm(dim=1)  # noqa: E731
+    rows, ratios, strict, with_additive = [], [], 0, 0
+
+    def check(out, ref, d):
+        nonlocal strict, with_additive
+        change, dn = norm(out - ref), norm(d)
+        r = change / dn
+        ratios.extend(r.tolist())
+        strict += int((r > cert.lipschitz).sum())
+        with_additive += int((change > cert.lipschitz * dn + cert.additive).sum())
+        return r
+
+    for eta in settings["etas"]:
+        row = {"eta": eta}
+        d = random_perturbation(y, eta, seed=0)
+        with torch.no_grad():
+            out = model(y + d)
+        row["random_psnr"] = float(psnr(out, x).mean())
+        row["ratio_random"] = float(check(out, base, d).max())
+        for key, target in (("adversarial", None), ("adversarial_x", x)):
+            att = adversarial_perturbation(model, y, eta, target=target, steps=settings["steps"],
+                                           restarts=settings["restarts"])
+            with torch.no_grad():
+                out = model(y + att.delta)
+            row[f"{key}_psnr"] = float(psnr(out, x).mean())
+            row[f"ratio_{key}"] = float(check(out, base, att.delta).max())
+        rows.append(row)
+        log(f"stability {name} eta {eta}: {row}")
+    pair = lipschitz_search(model, y, radius=settings["pair_radius"], steps=settings["steps"], restarts=1)
+    return {"settings": settings, "protocol": False, "clean_psnr": float(psnr(base, x).mean()), "per_eta": rows,
+            "pair_search_ratio": float(pair.max()), "empirical_lipschitz": max(ratios + pair.tolist()),
+            "lipschitz_bound": cert.lipschitz, "additive": cert.additive, "violations_strict": strict,
+            "violations_with_additive": with_additive, "pairs_checked": len(ratios),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def run(parts, *, resume=False, quick=False, threads=2, log=print):
     torch.set_num_threads(threads)
     path = RESULTS / "universal.json"
@@ -240,6 +292,12 @@ def run(parts, *, resume=False, quick=False, threads=2, log=print):
             p = result["protocol"][name]
             chosen = {k: p[k] for k in ("lam", "scale", "strong_convexity")}
             result["speed"][name] = speed(name, chosen, log)
+            save()
+    for name in ("ct-30", "blur-g2"):
+        if "stability" in parts and name in result["protocol"] and not (resume and name in result.get("stability", {})):
+            p = result["protocol"][name]
+            chosen = {k: p[k] for k in ("lam", "scale", "strong_convexity")}
+            result.setdefault("stability", {})[name] = stability(name, chosen, log)
             save()
     if "figure" in parts:
         figure(RESULTS / "universal_filters.png")

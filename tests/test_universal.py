@@ -14,12 +14,9 @@ from invstable.nn import ConvexRidgeRegularizer, MonotoneSpline
 from invstable.operators import Blur, ParallelBeamCT, gaussian_kernel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from tests._nn_helpers import one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scrambled(reg: ConvexRidgeRegularizer, seed: int = 0) -> ConvexRidgeRegularizer:
@@ -314,3 +311,26 @@ def test_train_ridge_resumes_exactly_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(ValueError, match="configuration"):
         train_ridge(other, checkpoint=ck, resume=True, log=lambda *_: None)
     assert rec2["curve"][-1]["step"] == 4
+
+
+# ------------------------------------------------------------------ command line
+def test_reconstruct_command_with_a_regularizer_file_and_any_registered_operator(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from invstable.cli import main
+
+    reg = _reg(dtype=torch.float32)
+    path = save_regularizer(reg, tmp_path / "u.safetensors", metadata={"noise_levels": [
+        {"sigma": 0.02, "lam": 0.05, "scale": 5.0}, {"sigma": 0.1, "lam": 0.2, "scale": 2.0}]})
+    op = Blur(gaussian_kernel(1.0), image_size=24)
+    y = op.A(torch.rand(1, 1, 24, 24))[0, 0].numpy()
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "x.npy"
+    args = ["reconstruct", "--method", str(path), "--input", str(tmp_path / "y.npy"), "--out", str(out)]
+    assert main(args) == 2  # no operator: a clear error, not a traceback
+    assert "--operator" in capsys.readouterr().err
+    assert main(args + ["--operator", "blur", "--sigma", "1.0", "--image-size", "24", "--noise-level", "0.05"]) == 0
+    note = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.load(out).shape == (24, 24) and note["lipschitz_bound"] == pytest.approx(1 / (2 * math.sqrt(1e-3)))
