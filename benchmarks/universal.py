@@ -41,6 +41,10 @@ PROTOCOL_TASKS = ("ct-30", "blur-g2", "ct-180")
 N_VALIDATION = 8
 UNSEEN_TEST = 16
 TV_ITER = 300
+#: the solver tolerance of every universal solve here (a certified RMS distance of 1e-2 per pixel to the exact
+#: minimiser; the additive term of the certificate is twice it) and the tuning budget, sized to this CPU
+TOL = 1e-2
+MAX_EVALUATIONS = 16
 
 
 def _inpainting():
@@ -144,19 +148,19 @@ def _universal_row(model, xv, yv, xt, yt, *, max_lipschitz):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        tuning = model.tune(xv, yv, max_lipschitz=max_lipschitz)
+        tuning = model.tune(xv, yv, max_lipschitz=max_lipschitz, max_evaluations=MAX_EVALUATIONS)
     tune_seconds = time.perf_counter() - start
     start = time.perf_counter()
     xh, solve = _solve_batches(model, yt)
     cert = model.certificate()
-    return {**_score(xh, xt), **model.parameters_dict(), "bounds": list(model.bounds or []),
+    return {**_score(xh, xt), **model.parameters_dict(), "bounds": list(model.bounds or []), "tol": model.tol,
             "lipschitz_bound": cert.lipschitz, "additive": cert.additive, "max_lipschitz": max_lipschitz,
             "tuning": tuning, "tune_seconds": tune_seconds, "seconds": time.perf_counter() - start, **solve}
 
 
 def unseen(name, log=print):
     op, xv, yv, xt, yt = _case_data(name)
-    model = load_model("universal", operator=op)
+    model = load_model("universal", operator=op, tol=TOL)
     row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=None)
     log(f"unseen {name}: universal {row['psnr_mean']:.2f} dB, bound {row['lipschitz_bound']:.2f}")
     return row
@@ -177,7 +181,7 @@ def protocol(name, log=print, *, quick=False):
     max_lip = 2.0 * float(tik["lipschitz_bound"])
     xv, yv, _ = pairs(spec.pairs("validation"), 4 if quick else N_VALIDATION)
     xt, yt, _ = pairs(spec.pairs("test"), 8 if quick else None)
-    model = load_model("universal", operator=op)
+    model = load_model("universal", operator=op, tol=TOL)
     row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=max_lip)
     row["tikhonov_exact_constant"] = float(tik["lipschitz_bound"])
     row["n_test"], row["n_validation"] = int(len(xt)), int(len(xv))
@@ -196,7 +200,7 @@ def speed(name, chosen: dict, log=print):
     quality = json.loads((RESULTS / "quality.json").read_text())
     lam = next(t for t in quality["tasks"] if t["task"] == name)["tuning"]["tv"]["lambda"]
     _, yt, _ = pairs(spec.pairs("test"), 8)
-    model = load_model("universal", operator=op, **chosen)
+    model = load_model("universal", operator=op, tol=TOL, **chosen)
     times = {"universal": [], "TV": []}
     for _ in range(2):
         for key, fn in (("universal", lambda: model.solve(yt)), ("TV", lambda: tv(yt, op, lam, max_iter=TV_ITER))):
@@ -220,7 +224,7 @@ def stability(name, chosen: dict, log=print, settings=STABILITY):
 
     spec = get_task(name)
     x, y, _ = pairs(spec.pairs("test"), settings["images"])
-    model = load_model("universal", operator=spec.operator, **chosen)
+    model = load_model("universal", operator=spec.operator, tol=TOL, **chosen)
     model.warm_start = True  # nearby measurements: start from the previous solution (within the tolerance)
     start = time.perf_counter()
     with torch.no_grad():
@@ -262,43 +266,48 @@ def stability(name, chosen: dict, log=print, settings=STABILITY):
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def run(parts, *, resume=False, quick=False, threads=2, log=print):
+def run(parts, *, resume=False, quick=False, threads=2, only=None, log=print):
+    """Run ``parts`` (on the tasks and operators named in ``only``, default all). Each entry is merged into
+    ``universal.json`` as soon as it is measured (re-read before every write, so that two processes working on
+    different entries can share the file)."""
     torch.set_num_threads(threads)
     path = RESULTS / "universal.json"
     result = json.loads(path.read_text()) if resume and path.is_file() else {}
-    result.setdefault("unseen", {})
-    result.setdefault("protocol", {})
-    result.setdefault("speed", {})
+    for section in ("unseen", "protocol", "speed", "stability"):
+        result.setdefault(section, {})
+    wanted = (lambda name: only is None or name in only)
 
-    def save():
-        result["environment"] = environment("cpu")
-        result["command"] = "python -m benchmarks.universal --resume"
-        write_result("universal", result) if not quick else None
+    def save(section, name, key=None):
+        if quick:
+            return
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        entry = result[section][name]
+        if key is None:
+            current.setdefault(section, {})[name] = entry
+        else:
+            current.setdefault(section, {}).setdefault(name, {k: v for k, v in entry.items() if k != key})[key] = entry[key]
+        current["environment"] = environment("cpu")
+        current["command"] = "python -m benchmarks.universal --resume"
+        write_result("universal", current)
 
-    for name in UNSEEN:
+    for name in filter(wanted, UNSEEN):
         entry = result["unseen"].setdefault(name, {"what": UNSEEN[name]["what"]})
         if "unseen-baselines" in parts and "baselines" not in entry:
             entry["baselines"] = unseen_baselines(name, log)
-            save()
+            save("unseen", name, "baselines")
         if "unseen" in parts and not (resume and "universal" in entry):
             entry["universal"] = unseen(name, log)
-            save()
-    for name in PROTOCOL_TASKS:
+            save("unseen", name, "universal")
+    for name in filter(wanted, PROTOCOL_TASKS):
         if "protocol" in parts and not (resume and name in result["protocol"]):
             result["protocol"][name] = protocol(name, log, quick=quick)
-            save()
-    for name in ("ct-30", "blur-g2"):
-        if "speed" in parts and name in result["protocol"] and not (resume and name in result["speed"]):
-            p = result["protocol"][name]
-            chosen = {k: p[k] for k in ("lam", "scale", "strong_convexity")}
-            result["speed"][name] = speed(name, chosen, log)
-            save()
-    for name in ("ct-30", "blur-g2"):
-        if "stability" in parts and name in result["protocol"] and not (resume and name in result.get("stability", {})):
-            p = result["protocol"][name]
-            chosen = {k: p[k] for k in ("lam", "scale", "strong_convexity")}
-            result.setdefault("stability", {})[name] = stability(name, chosen, log)
-            save()
+            save("protocol", name)
+    for section, measure in (("speed", speed), ("stability", stability)):
+        for name in filter(wanted, ("ct-30", "blur-g2")):
+            if section in parts and name in result["protocol"] and not (resume and name in result[section]):
+                p = result["protocol"][name]
+                result[section][name] = measure(name, {k: p[k] for k in ("lam", "scale", "strong_convexity")}, log)
+                save(section, name)
     if "figure" in parts:
         figure(RESULTS / "universal_filters.png")
     return result
@@ -346,8 +355,10 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="keep the parts already in universal.json")
     parser.add_argument("--quick", action="store_true", help="few images, nothing written")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="+", help="tasks / operators to run (default all): "
+                                                  f"{', '.join(PROTOCOL_TASKS + tuple(UNSEEN))}")
     args = parser.parse_args(argv)
-    run(args.parts, resume=args.resume, quick=args.quick, threads=args.threads)
+    run(args.parts, resume=args.resume, quick=args.quick, threads=args.threads, only=args.only)
     return 0
 
 

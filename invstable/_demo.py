@@ -16,7 +16,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
 from .baselines import Tikhonov, choose_alpha, fbp, tikhonov
-from .models import list_models, load_model
+from .models import list_models, load_model, model_info
 from .models._pretrained import UNIVERSAL
 from .operators import Blur, ParallelBeamCT, gaussian_kernel
 
@@ -83,7 +83,8 @@ def _model_rows(y: dict, operators: dict) -> list[Row]:
                         model.lipschitz_bound()))
     for name in (n for n in UNIVERSAL if n in list_models()):
         for task, op in operators.items():  # one regulariser for both operators, weights tuned on validation
-            model = load_model(name, operator=op, preset=task)
+            presets = model_info(name).get("presets", {})
+            model = load_model(name, operator=op, preset=task if task in presets else None)
             start = time.perf_counter()
             with torch.no_grad():
                 x = model(y[task])

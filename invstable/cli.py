@@ -21,7 +21,14 @@ def _models(args) -> int:
         if name not in shipped:
             print(f"{name:<20} (not in this installation) {what}")
             continue
-        rec = model_info(name).get("training", {})
+        info = model_info(name)
+        if info["operator"] is None:  # a universal regulariser: any operator, presets tuned on validation
+            presets = ", ".join(f"{task} {p['validation_psnr']:.2f} dB (bound {1 / (2 * p['strong_convexity'] ** 0.5):.2f})"
+                                for task, p in info.get("presets", {}).items())
+            steps = info.get("training", {}).get("steps", "?")
+            print(f"{name:<20} {what}; trained {steps} steps as a denoiser; validation presets: {presets or 'none'}")
+            continue
+        rec = info.get("training", {})
         print(f"{name:<20} {what}; validation PSNR {rec.get('validation_psnr', float('nan')):.2f} dB, "
               f"certified Lipschitz bound {rec.get('lipschitz_bound', float('nan')):.2f}")
     return 0

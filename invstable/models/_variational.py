@@ -22,6 +22,7 @@ from torch import nn
 
 from ..baselines._io import as_measurement, as_start
 from ..operators import as_operator, norm_bound
+from ..operators._base import state_version
 
 __all__ = ["VariationalInverse", "Certificate", "SolveInfo"]
 
@@ -185,7 +186,8 @@ class VariationalInverse(nn.Module):
     # ------------------------------------------------------------------ solver
     def _smoothness(self, like: torch.Tensor) -> float:
         """Certified Lipschitz constant of the gradient of the smooth part (cached per weights and size)."""
-        key = (tuple(like.shape[-2:]), self.lam, self.strong_convexity, self.regularizer.kernels[0]._version)
+        key = (tuple(like.shape[-2:]), self.lam, self.strong_convexity, state_version(self.regularizer),
+               state_version(self.operator) if isinstance(self.operator, nn.Module) else id(self.operator))
         if self._cache.get("L_key") != key:
             smooth_r = self.regularizer.smoothness(tuple(like.shape[-2:]))
             self._cache["L"] = self.operator_norm() ** 2 + self.lam * smooth_r + self.strong_convexity

@@ -55,45 +55,50 @@ class MonotoneSpline(nn.Module):
         """Slopes of the ``knots - 1`` pieces of each channel, in [0, 1]: shape (channels, knots - 1)."""
         return self.raw_slopes.clamp(0.0, 1.0)
 
-    def _values(self, s: torch.Tensor) -> torch.Tensor:
-        """Values at the knots (channels, knots), zero at the middle knot (t = 0)."""
+    def _tables(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, S)``, both (channels, knots): the values at the knots (zero at t = 0) and the rise of each piece
+        over one knot spacing (``slope * delta``; the last column, past the last piece, is 0 and never used)."""
         cum = torch.cat([torch.zeros_like(s[:, :1]), torch.cumsum(s, dim=1) * self.delta], dim=1)
-        return cum - cum[:, (self.knots - 1) // 2:(self.knots + 1) // 2]
+        values = cum - cum[:, (self.knots - 1) // 2:(self.knots + 1) // 2]
+        return values, F.pad(s * self.delta, (0, 1))
 
-    def _locate(self, t: torch.Tensor):
-        """Piece index of every entry (clamped to the end pieces) and the flat index into (channels, pieces)."""
+    def _locate(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flat index (channel, piece) into a (channels, knots) table and the position ``frac`` in the piece
+        in units of the spacing (in [0, 1] inside the knots; beyond them the end pieces extend linearly)."""
         c = t.shape[1]
-        idx = torch.floor((t.detach() + self.span) / self.delta).clamp_(0, self.knots - 2).long()
-        offset = (torch.arange(c, device=t.device) * (self.knots - 1)).view(1, c, *([1] * (t.dim() - 2)))
-        return idx, idx + offset
+        u = (t + self.span) / self.delta
+        idx = torch.floor(u.detach()).clamp_(0, self.knots - 2)
+        offset = (torch.arange(c, device=t.device) * self.knots).view(1, c, *([1] * (t.dim() - 2)))
+        return idx.long() + offset, u - idx
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """:math:`\\sigma_i(t)` for ``t`` of shape (B, channels, ...)."""
-        s = self.slopes()
-        idx, flat = self._locate(t)
-        left = -self.span + idx.to(t.dtype) * self.delta
-        flat_values = flat + torch.div(flat, self.knots - 1, rounding_mode="floor")  # row stride knots, not knots-1
-        return _SplineEval.apply(t - left, flat, flat_values, self._values(s), s)
+        values, rise = self._tables(self.slopes())
+        if not torch.is_grad_enabled():  # the same arithmetic in place (solvers: the spline is their bottleneck)
+            u = (t + self.span).mul_(1.0 / self.delta)
+            idx = torch.floor(u).clamp_(0, self.knots - 2)
+            c = t.shape[1]
+            flat = idx.long().add_((torch.arange(c, device=t.device) * self.knots).view(1, c, *([1] * (t.dim() - 2))))
+            return torch.take(values, flat).addcmul_(torch.take(rise, flat), u.sub_(idx))
+        flat, frac = self._locate(t)
+        return _SplineEval.apply(frac, flat, values, rise)
 
     def derivative(self, t: torch.Tensor) -> torch.Tensor:
         """:math:`\\sigma_i'(t)` in [0, 1] (the slope of the piece ``t`` lies in; right derivative at knots)."""
-        _, flat = self._locate(t)
-        return self.slopes().reshape(-1)[flat]
+        flat, _ = self._locate(t.detach())
+        return torch.take(F.pad(self.slopes(), (0, 1)), flat)
 
     def potential(self, t: torch.Tensor) -> torch.Tensor:
         """:math:`\\psi_i(t) = \\int_0^t \\sigma_i`, convex and piecewise quadratic (same shape as ``t``)."""
-        s = self.slopes()
-        values = self._values(s)
+        values, rise = self._tables(self.slopes())
         # psi at the knots: trapezoids of the linear pieces, zero at t = 0
         areas = 0.5 * (values[:, 1:] + values[:, :-1]) * self.delta
         cum = torch.cat([torch.zeros_like(areas[:, :1]), torch.cumsum(areas, dim=1)], dim=1)
         knot_psi = cum - cum[:, (self.knots - 1) // 2:(self.knots + 1) // 2]
-        idx, flat = self._locate(t)
-        flat_values = flat + torch.div(flat, self.knots - 1, rounding_mode="floor")
-        left = -self.span + idx.to(t.dtype) * self.delta
-        u = t - left
-        v0 = values.reshape(-1)[flat_values]
-        return knot_psi.reshape(-1)[flat_values] + v0 * u + 0.5 * s.reshape(-1)[flat] * u * u
+        flat, frac = self._locate(t)
+        u = frac * self.delta
+        return (torch.take(knot_psi, flat) + torch.take(values, flat) * u
+                + 0.5 * torch.take(rise, flat) / self.delta * u * u)
 
     def max_slope(self) -> float:
         """Largest slope (the Lipschitz constant of the activations), a float in [0, 1]."""
@@ -104,28 +109,27 @@ class MonotoneSpline(nn.Module):
 
 
 class _SplineEval(torch.autograd.Function):
-    """``values[piece] + slopes[piece] * u`` with a backward that sums per piece by ``bincount`` (the generic
+    """``V[flat] + S[flat] * frac`` with a backward that sums per table entry by ``bincount`` (the generic
     backward of indexing, ``index_put`` with accumulation, is several times slower on a CPU)."""
 
     @staticmethod
-    def forward(ctx, u, flat, flat_values, values, slopes):
-        ctx.save_for_backward(u, flat, flat_values, slopes)
-        ctx.sizes = (values.numel(), slopes.numel(), values.shape, slopes.shape)
-        return values.reshape(-1)[flat_values] + slopes.reshape(-1)[flat] * u
+    def forward(ctx, frac, flat, values, rise):
+        ctx.save_for_backward(frac, flat, rise)
+        ctx.table = (values.numel(), values.shape)
+        return torch.take(values, flat).addcmul_(torch.take(rise, flat), frac)
 
     @staticmethod
     def backward(ctx, g):
-        u, flat, flat_values, slopes = ctx.saved_tensors
-        n_values, n_slopes, v_shape, s_shape = ctx.sizes
-        grad_u = g * slopes.reshape(-1)[flat] if ctx.needs_input_grad[0] else None
-        grad_values = grad_slopes = None
+        frac, flat, rise = ctx.saved_tensors
+        n, shape = ctx.table
+        grad_frac = g * torch.take(rise, flat) if ctx.needs_input_grad[0] else None
+        grad_values = grad_rise = None
+        if ctx.needs_input_grad[2]:
+            grad_values = torch.bincount(flat.reshape(-1), weights=g.reshape(-1), minlength=n).to(g.dtype).reshape(shape)
         if ctx.needs_input_grad[3]:
-            grad_values = torch.bincount(flat_values.reshape(-1), weights=g.reshape(-1),
-                                         minlength=n_values).to(g.dtype).reshape(v_shape)
-        if ctx.needs_input_grad[4]:
-            grad_slopes = torch.bincount(flat.reshape(-1), weights=(g * u).reshape(-1),
-                                         minlength=n_slopes).to(g.dtype).reshape(s_shape)
-        return grad_u, None, None, grad_values, grad_slopes
+            grad_rise = torch.bincount(flat.reshape(-1), weights=(g * frac).reshape(-1),
+                                       minlength=n).to(g.dtype).reshape(shape)
+        return grad_frac, None, grad_values, grad_rise
 
 
 def _check_channels(channels) -> tuple[int, ...]:
