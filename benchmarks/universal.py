@@ -45,6 +45,13 @@ TV_ITER = 300
 #: minimiser; the additive term of the certificate is twice it) and the tuning budget, sized to this CPU
 TOL = 1e-2
 MAX_EVALUATIONS = 16
+#: the grey level the strong convexity pulls towards: 0 for CT (the phantoms' background), the mean of the
+#: validation images for natural images
+REFERENCE = {"ct": 0.0, "blur": "mean"}
+
+
+def _reference(task_name: str):
+    return REFERENCE["ct" if task_name.startswith("ct") else "blur"]
 
 
 def _inpainting():
@@ -144,16 +151,17 @@ def _solve_batches(model, y, batch=8):
                              "certified_distance_max": worst}
 
 
-def _universal_row(model, xv, yv, xt, yt, *, max_lipschitz):
+def _universal_row(model, xv, yv, xt, yt, *, max_lipschitz, reference=None):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        tuning = model.tune(xv, yv, max_lipschitz=max_lipschitz, max_evaluations=MAX_EVALUATIONS)
+        tuning = model.tune(xv, yv, max_lipschitz=max_lipschitz, max_evaluations=MAX_EVALUATIONS, reference=reference)
     tune_seconds = time.perf_counter() - start
     start = time.perf_counter()
     xh, solve = _solve_batches(model, yt)
     cert = model.certificate()
-    return {**_score(xh, xt), **model.parameters_dict(), "bounds": list(model.bounds or []), "tol": model.tol,
+    return {**_score(xh, xt), **model.parameters_dict(), "reference": model.reference,
+            "bounds": list(model.bounds or []), "tol": model.tol,
             "lipschitz_bound": cert.lipschitz, "additive": cert.additive, "max_lipschitz": max_lipschitz,
             "tuning": tuning, "tune_seconds": tune_seconds, "seconds": time.perf_counter() - start, **solve}
 
@@ -161,7 +169,7 @@ def _universal_row(model, xv, yv, xt, yt, *, max_lipschitz):
 def unseen(name, log=print):
     op, xv, yv, xt, yt = _case_data(name)
     model = load_model("universal", operator=op, tol=TOL)
-    row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=None)
+    row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=None, reference=_reference(UNSEEN[name]["images"]))
     log(f"unseen {name}: universal {row['psnr_mean']:.2f} dB, bound {row['lipschitz_bound']:.2f}")
     return row
 
@@ -182,7 +190,7 @@ def protocol(name, log=print, *, quick=False):
     xv, yv, _ = pairs(spec.pairs("validation"), 4 if quick else N_VALIDATION)
     xt, yt, _ = pairs(spec.pairs("test"), 8 if quick else None)
     model = load_model("universal", operator=op, tol=TOL)
-    row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=max_lip)
+    row = _universal_row(model, xv, yv, xt, yt, max_lipschitz=max_lip, reference=_reference(name))
     row["tikhonov_exact_constant"] = float(tik["lipschitz_bound"])
     row["n_test"], row["n_validation"] = int(len(xt)), int(len(xv))
     keep = ("method", "psnr_mean", "psnr_std", "ssim_mean", "lipschitz_bound", "bound_kind", "seconds")
@@ -306,7 +314,8 @@ def run(parts, *, resume=False, quick=False, threads=2, only=None, log=print):
         for name in filter(wanted, ("ct-30", "blur-g2")):
             if section in parts and name in result["protocol"] and not (resume and name in result[section]):
                 p = result["protocol"][name]
-                result[section][name] = measure(name, {k: p[k] for k in ("lam", "scale", "strong_convexity")}, log)
+                result[section][name] = measure(name, {k: p[k] for k in ("lam", "scale", "strong_convexity")}
+                                                | {"reference": p.get("reference", 0.0)}, log)
                 save(section, name)
     if "figure" in parts:
         figure(RESULTS / "universal_filters.png")

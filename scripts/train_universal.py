@@ -28,18 +28,28 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "universal" / "checkpoint.pt")
     p.add_argument("--out", type=Path, default=ROOT / "invstable" / "models" / "pretrained" / "universal.safetensors")
     p.add_argument("--curve", type=Path, default=ROOT / "benchmarks" / "results" / "universal_training.json")
+    p.add_argument("--until", type=int, help="stop at this step of the --steps schedule (continue later with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint (same recipe)")
     p.add_argument("--export-only", action="store_true", help="only write the model file from a finished checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--presets", type=Path, help="benchmarks/results/universal.json: ship the validation tuning of "
+                                                "its protocol tasks as presets")
     args = p.parse_args(argv)
     config = RidgeConfig(steps=args.steps)
+    until = args.until if args.until is not None else config.steps
     model, record = train_ridge(config, checkpoint=args.checkpoint, resume=args.resume or args.export_only,
-                                threads=args.threads)
-    if record["steps"] < config.steps:
-        raise SystemExit(f"the checkpoint holds {record['steps']} of {config.steps} steps; run without --export-only")
-    record["recipe"] = f"python scripts/train_universal.py --steps {args.steps}"
-    save_universal(model, record, args.out, overwrite=args.overwrite)
+                                threads=args.threads, until=0 if args.export_only else until)
+    if record["steps"] < until:
+        raise SystemExit(f"the checkpoint holds {record['steps']} of {until} steps; run without --export-only")
+    record["recipe"] = f"python scripts/train_universal.py --steps {args.steps} --until {record['steps']}"
+    presets = {}
+    if args.presets is not None:
+        protocol = json.loads(args.presets.read_text())["protocol"]
+        presets = {task: {k: row.get(k, 0.0) for k in ("lam", "scale", "strong_convexity", "reference", "bounds")}
+                   | {"validation_psnr": row["tuning"]["validation_psnr"], "n_validation": row["tuning"]["n_validation"]}
+                   for task, row in protocol.items()}
+    save_universal(model, record, args.out, overwrite=args.overwrite, presets=presets)
     write_learning_curve(record, args.curve)
     print(f"wrote {args.out} and {args.curve}")
     return 0

@@ -138,9 +138,9 @@ def _blur(size=16, sigma=1.5, dtype=torch.float64):
     return Blur(gaussian_kernel(sigma), image_size=size).to(dtype)
 
 
-def _model(op, *, m=0.05, lam=0.3, tol=1e-4, bounds=(0.0, 1.0), seed=0):
+def _model(op, *, m=0.05, lam=0.3, tol=1e-4, bounds=(0.0, 1.0), seed=0, reference=0.0):
     return VariationalInverse(_reg(seed=seed), op, lam=lam, scale=3.0, strong_convexity=m, bounds=bounds, tol=tol,
-                              max_iter=5000)
+                              max_iter=5000, reference=reference)
 
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
@@ -165,7 +165,7 @@ def test_certificate_holds_on_adversarially_searched_pairs(op_name):
     maximise the ratio; small m so that the bound is not trivially loose."""
     torch.manual_seed(0)
     op = _blur(size=12) if op_name == "blur" else ParallelBeamCT(12, angles=5).to(torch.float64)
-    model = _model(op, m=3e-2, lam=0.05, tol=1e-5)
+    model = _model(op, m=3e-2, lam=0.05, tol=1e-5, reference=0.4 if op_name == "blur" else 0.0)
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64, generator=gen)
     y1 = (op.A(x)).detach().requires_grad_()
@@ -206,7 +206,8 @@ def test_tune_moves_each_weight_to_an_interior_optimum_and_respects_the_bound():
     x = F.avg_pool2d(torch.rand(4, 1, 32, 32, dtype=torch.float64, generator=gen), 2)
     y = op.A(x) + 0.02 * torch.randn(x.shape, dtype=torch.float64, generator=gen)
     model = _model(op, m=0.5, lam=1.0, tol=1e-3)
-    record = model.tune(x, y, max_lipschitz=2.0, max_evaluations=30)
+    record = model.tune(x, y, max_lipschitz=2.0, max_evaluations=30, reference="mean")
+    assert model.reference == pytest.approx(float(x.mean()))
     assert model.lipschitz_bound() <= 2.0 * (1 + 1e-12)
     assert model.strong_convexity >= 1 / 16 * (1 - 1e-12)
     best = record["validation_psnr"]

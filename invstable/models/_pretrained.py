@@ -116,6 +116,7 @@ def _universal(path: Path, operator, preset, noise_level, options):
             raise ValueError(f"no preset {preset!r} in {str(path)!r}; shipped presets: {sorted(presets)}")
         values = {k: presets[preset][k] for k in ("lam", "scale", "strong_convexity")}
         values["bounds"] = tuple(presets[preset].get("bounds", (0.0, 1.0)))
+        values["reference"] = float(presets[preset].get("reference", 0.0))
     else:
         values = noise_rule(extra["noise_levels"], noise_level)
     values.update(options)

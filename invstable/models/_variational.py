@@ -101,6 +101,9 @@ class VariationalInverse(nn.Module):
         :math:`\mu > 0` in :math:`R_\mu(x) = \mu^{-2} R(\mu x)`.
     strong_convexity : float
         :math:`m > 0`; the certified Lipschitz constant is at most :math:`1 / (2\sqrt m)`.
+    reference : float, default 0
+        Constant grey level ``c`` the strong convexity pulls towards: :math:`\tfrac m2\|x - c\|^2` (a constant
+        does not change the certificate: it cancels in the difference of two solutions).
     bounds : (low, high) or None, default (0, 1)
         Box constraint on the pixels (None for none; either end may be None). A box keeps the certificate.
     tol : float, default 1e-3
@@ -128,7 +131,7 @@ class VariationalInverse(nn.Module):
     """
 
     def __init__(self, regularizer, operator, *, lam: float, scale: float = 1.0, strong_convexity: float,
-                 bounds=(0.0, 1.0), tol: float = 1e-3, max_iter: int = 2000,
+                 reference: float = 0.0, bounds=(0.0, 1.0), tol: float = 1e-3, max_iter: int = 2000,
                  image_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.regularizer = regularizer.requires_grad_(False)
@@ -136,6 +139,9 @@ class VariationalInverse(nn.Module):
         self.lam = _positive(lam, "lam")
         self.scale = _positive(scale, "scale")
         self.strong_convexity = _positive(strong_convexity, "strong_convexity")
+        if isinstance(reference, bool) or not isinstance(reference, (int, float)) or not math.isfinite(reference):
+            raise ValueError(f"reference must be a finite number (a constant grey level), got {reference!r}")
+        self.reference = float(reference)
         self.bounds = _bounds(bounds)
         self.tol = _positive(tol, "tol")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -152,7 +158,8 @@ class VariationalInverse(nn.Module):
 
     def __repr__(self) -> str:
         return (f"VariationalInverse(operator={type(self.operator).__name__}, lam={self.lam:.4g}, "
-                f"scale={self.scale:.4g}, strong_convexity={self.strong_convexity:.4g}, bounds={self.bounds})")
+                f"scale={self.scale:.4g}, strong_convexity={self.strong_convexity:.4g}, reference={self.reference:.3g}, "
+                f"bounds={self.bounds})")
 
     # ------------------------------------------------------------------ certificate
     def operator_norm(self) -> float:
@@ -200,7 +207,7 @@ class VariationalInverse(nn.Module):
     def _gradient(self, x, aty, kernel):
         op = self.operator
         return (op.A_adjoint(op.A(x)) - aty + self.lam * self.regularizer.gradient(x, self.scale, kernel=kernel)
-                + self.strong_convexity * x)
+                + self.strong_convexity * (x - self.reference))
 
     def _start(self, y: torch.Tensor):
         aty = self.operator.A_adjoint(y)
@@ -302,8 +309,12 @@ class VariationalInverse(nn.Module):
     def parameters_dict(self) -> dict:
         return {"lam": self.lam, "scale": self.scale, "strong_convexity": self.strong_convexity}
 
+    def settings(self) -> dict:
+        """Everything :func:`invstable.load_model` needs to rebuild this reconstructor on the same operator."""
+        return {**self.parameters_dict(), "reference": self.reference, "bounds": self.bounds, "tol": self.tol}
+
     def tune(self, x_val: torch.Tensor, y_val: torch.Tensor, *, max_lipschitz: float | None = None,
-             factor: float = 2.0, max_evaluations: int = 30) -> dict:
+             factor: float = 2.0, max_evaluations: int = 30, reference: str | float | None = None) -> dict:
         r"""Choose :math:`\lambda`, :math:`\mu` and ``m`` with the best mean validation PSNR (no weight training).
 
         A coordinate search in log scale from the current values: ``lam`` alone by ``factor**2``, then the three
@@ -323,6 +334,9 @@ class VariationalInverse(nn.Module):
         factor : float, default 2
         max_evaluations : int, default 30
             Solves at most; the record says when the budget ran out.
+        reference : "mean", float or None
+            "mean" sets the grey level the strong convexity pulls towards to the mean of ``x_val`` (a
+            validation statistic; the certificate does not depend on it); a number sets it; None keeps it.
 
         Returns
         -------
@@ -331,6 +345,10 @@ class VariationalInverse(nn.Module):
         """
         if not isinstance(x_val, torch.Tensor) or not isinstance(y_val, torch.Tensor) or len(x_val) != len(y_val):
             raise ValueError("x_val and y_val must be tensors with the same number of samples (validation pairs)")
+        if reference == "mean":
+            self.reference = float(x_val.detach().double().mean())
+        elif reference is not None:
+            self.reference = float(reference)
         m_floor = 0.0
         if max_lipschitz is not None:
             m_floor = 1.0 / (4.0 * _positive(max_lipschitz, "max_lipschitz") ** 2)
@@ -380,7 +398,7 @@ class VariationalInverse(nn.Module):
                             break  # the other side is the value it came from, already worse
         for k, v in current.items():
             setattr(self, k, v)
-        self.tuning = {"chosen": current, "validation_psnr": best, "n_validation": int(len(x_val)),
+        self.tuning = {"chosen": current, "reference": self.reference, "validation_psnr": best, "n_validation": int(len(x_val)),
                        "max_lipschitz": max_lipschitz, "evaluations": evaluations,
                        "strong_convexity_at_floor": bool(m_floor and current["strong_convexity"] <= m_floor * 1.000001),
                        "exhausted": len(evaluations) >= max_evaluations}
