@@ -237,7 +237,7 @@ def universal_section(payload, rel, folder) -> list[str]:
         for name, entry in payload["unseen"].items():
             u, b = entry.get("universal"), entry.get("baselines", {})
             cell = lambda r: "-" if r is None else f"{_f(r['psnr_mean'])} / {_f(r['ssim_mean'], 3)}"  # noqa: E731
-            lines.append(f"| {entry['what']} | {cell(u)} | {cell(b.get('TV'))} | {cell(b.get('Tikhonov (identity)'))} "
+            lines.append(f"| {entry['what'].replace('|', '&#124;')} | {cell(u)} | {cell(b.get('TV'))} | {cell(b.get('Tikhonov (identity)'))} "
                          f"| {cell(b.get('Tikhonov (gradient)'))} | {_f(u['lipschitz_bound']) if u else '-'} |")
         lines.append("")
     _targets(lines, universal_targets(payload))

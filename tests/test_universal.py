@@ -270,6 +270,9 @@ def test_shipped_universal_serves_two_operators():
         x_hat = model(y)
         assert x_hat.shape == x.shape and model.last_solve.converged
         assert model.lipschitz_bound() == pytest.approx(1 / (2 * math.sqrt(model.strong_convexity)))
+    from invstable.models._pretrained import _pretrained_path
+
+    assert _pretrained_path("universal").stat().st_size < 4 * 2 ** 20
     info = invstable.models.model_info("universal")
     assert info["presets"] and info["training"]["steps"] > 0
 
