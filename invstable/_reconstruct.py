@@ -195,7 +195,8 @@ def run(args) -> int:
         from .models._io import RIDGE_FORMAT, file_format
         from .models._pretrained import _resolve
 
-        if file_format(_resolve(method)) == RIDGE_FORMAT:  # a universal regulariser: any operator
+        universal = file_format(_resolve(method)) == RIDGE_FORMAT  # a universal regulariser: any operator
+        if universal:
             if not args.operator:
                 raise ValueError(f"--method {method} serves any operator: pass --operator NAME (ct, blur, a plugin's) "
                                  "with its parameters")
@@ -206,7 +207,7 @@ def run(args) -> int:
                 raise ValueError(f"--preset applies to the universal regulariser, not to {method!r}")
             model = load_model(method)
             op = model.operator
-        if args.operator and not hasattr(model, "tune"):
+        if args.operator and not universal:
             asked = _build_operator(args)
             if asked.config() != op.config():
                 raise ValueError(f"the model {method!r} was trained for {op!r}, not for {asked!r}; leave --operator "

@@ -214,10 +214,7 @@ class VariationalInverse(nn.Module):
         if aty.ndim != 4 or aty.shape[1] != 1:
             raise ValueError(f"A^T y has shape {tuple(aty.shape)}; the universal regulariser reconstructs "
                              f"grayscale images (B, 1, H, W)")
-        if self.image_shape is None:
-            self.image_shape = tuple(aty.shape[1:])
-        elif tuple(aty.shape[1:]) != self.image_shape:
-            self.image_shape = tuple(aty.shape[1:])  # the certificate is recomputed for the new size
+        self.image_shape = tuple(aty.shape[1:])  # ||A|| and the certificate follow the size of the last solve
         return aty
 
     @torch.no_grad()
@@ -265,6 +262,7 @@ class VariationalInverse(nn.Module):
         the pixels not at an active bound (those move with ``y``; the others stay at the bound)."""
         op, reg = self.operator, self.regularizer
         kernel = reg.kernel().detach().to(x)
+        curvature = reg.curvature(x, self.scale, kernel=kernel)  # fixed at x: once, not once per CG iteration
         free = torch.ones_like(x)
         if self.bounds is not None:
             lo, hi = self.bounds
@@ -273,7 +271,7 @@ class VariationalInverse(nn.Module):
 
         def hess(v):
             v = v * free
-            hv = op.A_adjoint(op.A(v)) + self.lam * reg.hessian_vector(x, v, self.scale, kernel=kernel) \
+            hv = op.A_adjoint(op.A(v)) + self.lam * reg.hessian_vector(x, v, kernel=kernel, curvature=curvature) \
                 + self.strong_convexity * v
             return hv * free
 
@@ -308,10 +306,6 @@ class VariationalInverse(nn.Module):
     # ------------------------------------------------------------------ choosing lam, mu, m
     def parameters_dict(self) -> dict:
         return {"lam": self.lam, "scale": self.scale, "strong_convexity": self.strong_convexity}
-
-    def settings(self) -> dict:
-        """Everything :func:`invstable.load_model` needs to rebuild this reconstructor on the same operator."""
-        return {**self.parameters_dict(), "reference": self.reference, "bounds": self.bounds, "tol": self.tol}
 
     def tune(self, x_val: torch.Tensor, y_val: torch.Tensor, *, max_lipschitz: float | None = None,
              factor: float = 2.0, max_evaluations: int = 30, reference: str | float | None = None) -> dict:

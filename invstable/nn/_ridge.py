@@ -64,23 +64,21 @@ class MonotoneSpline(nn.Module):
 
     def _locate(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The flat index (channel, piece) into a (channels, knots) table and the position ``frac`` in the piece
-        in units of the spacing (in [0, 1] inside the knots; beyond them the end pieces extend linearly)."""
+        in units of the spacing (in [0, 1] inside the knots; beyond them the end pieces extend linearly).
+        Without autograd the arithmetic is done in place (solvers: the spline is their bottleneck)."""
         c = t.shape[1]
-        u = (t + self.span) / self.delta
+        u = (t + self.span).mul_(1.0 / self.delta)
         idx = torch.floor(u.detach()).clamp_(0, self.knots - 2)
         offset = (torch.arange(c, device=t.device) * self.knots).view(1, c, *([1] * (t.dim() - 2)))
-        return idx.long() + offset, u - idx
+        frac = u.sub_(idx) if not torch.is_grad_enabled() else u - idx
+        return idx.long().add_(offset), frac
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """:math:`\\sigma_i(t)` for ``t`` of shape (B, channels, ...)."""
         values, rise = self._tables(self.slopes())
-        if not torch.is_grad_enabled():  # the same arithmetic in place (solvers: the spline is their bottleneck)
-            u = (t + self.span).mul_(1.0 / self.delta)
-            idx = torch.floor(u).clamp_(0, self.knots - 2)
-            c = t.shape[1]
-            flat = idx.long().add_((torch.arange(c, device=t.device) * self.knots).view(1, c, *([1] * (t.dim() - 2))))
-            return torch.take(values, flat).addcmul_(torch.take(rise, flat), u.sub_(idx))
         flat, frac = self._locate(t)
+        if not torch.is_grad_enabled():
+            return torch.take(values, flat).addcmul_(torch.take(rise, flat), frac)
         return _SplineEval.apply(frac, flat, values, rise)
 
     def derivative(self, t: torch.Tensor) -> torch.Tensor:
@@ -229,12 +227,20 @@ class ConvexRidgeRegularizer(nn.Module):
         psi = self.activation.potential(F.conv2d(x * scale, self.kernel()))
         return psi.flatten(1).sum(dim=1) / (torch.as_tensor(scale).reshape(-1) ** 2)
 
-    def hessian_vector(self, x: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor = 1.0, *,
-                       kernel: torch.Tensor | None = None) -> torch.Tensor:
-        r""":math:`W^\top \mathrm{diag}(\sigma'(\mu W x)) W v`: the (generalised) Hessian of :math:`R_\mu` at ``x``
-        applied to ``v``; symmetric positive semi-definite."""
+    def curvature(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0, *,
+                  kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`\\sigma'(\\mu W x)` in [0, 1]: the diagonal of the Hessian of :math:`R_\\mu` at ``x`` in the
+        ridge coordinates (fixed while a linear system at ``x`` is solved: compute it once)."""
         k = self.kernel() if kernel is None else kernel
-        return F.conv_transpose2d(self.activation.derivative(F.conv2d(x * scale, k)) * F.conv2d(v, k), k)
+        return self.activation.derivative(F.conv2d(x * scale, k))
+
+    def hessian_vector(self, x: torch.Tensor, v: torch.Tensor, scale: float | torch.Tensor = 1.0, *,
+                       kernel: torch.Tensor | None = None, curvature: torch.Tensor | None = None) -> torch.Tensor:
+        r""":math:`W^\top \mathrm{diag}(\sigma'(\mu W x)) W v`: the (generalised) Hessian of :math:`R_\mu` at ``x``
+        applied to ``v``; symmetric positive semi-definite. ``curvature`` reuses :meth:`curvature` at ``x``."""
+        k = self.kernel() if kernel is None else kernel
+        d = self.curvature(x, scale, kernel=k) if curvature is None else curvature
+        return F.conv_transpose2d(d * F.conv2d(v, k), k)
 
     @torch.no_grad()
     def operator_norm(self, image_size: tuple[int, int]) -> float:
