@@ -16,7 +16,7 @@ RULES = ("discrepancy", "gcv")
 
 
 def _residual_norms(solver: Tikhonov, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return (solver.op.A(x) - y).reshape(y.shape[0], -1).norm(dim=1)
+    return (solver.op.A(x) - y).flatten(1).norm(dim=1)
 
 
 def choose_alpha(y, op, *, noise_level=None, rule: str = "discrepancy", regularizer="identity", tau: float = 1.0,
@@ -92,7 +92,7 @@ def _discrepancy(t, op, noise_level, regularizer, tau, lo, hi, tol, max_iter):
     sigma = torch.as_tensor(np.asarray(noise_level, dtype=np.float64)).to(t.device, torch.float64).reshape(-1)
     if sigma.numel() not in (1, t.shape[0]) or not bool(torch.isfinite(sigma).all()) or not bool((sigma >= 0).all()):
         raise ValueError(f"noise_level must be >= 0, one value or one per sample ({t.shape[0]}), got {noise_level!r}")
-    m = t[0].numel()
+    m = math.prod(t.shape[1:])  # entries per measurement (also for an empty batch)
     target = (tau * sigma * math.sqrt(m)).expand(t.shape[0]).to(t.dtype)
     batch = t.shape[0]
 
@@ -129,7 +129,7 @@ def _discrepancy(t, op, noise_level, regularizer, tau, lo, hi, tol, max_iter):
 
 def _gcv(t, op, regularizer, lo, hi, tol, max_iter, n_probes, grid, rng):
     reg = regularizer_operator(regularizer)
-    m = t[0].numel()
+    m = math.prod(t.shape[1:])
     x_like = op.A_adjoint(t)
     symbols = _fft_symbols(op, reg, x_like.shape[-2:], torch.float64, t.device)
     generator = rng if isinstance(rng, torch.Generator) else torch.Generator().manual_seed(0 if rng is None else int(rng))
@@ -142,7 +142,7 @@ def _gcv(t, op, regularizer, lo, hi, tol, max_iter, n_probes, grid, rng):
         if symbols is not None:
             k_hat, l_sq = symbols
             k_sq = k_hat.abs() ** 2
-            channels = t[0].numel() // k_sq.numel()
+            channels = m // k_sq.numel()
             return float((k_sq / (k_sq + alpha * l_sq)).sum()) * channels
         solver = Tikhonov(op, alpha, regularizer=reg, tol=tol, max_iter=max_iter)
         x, _ = solver.solve(probes)

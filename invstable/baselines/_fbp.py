@@ -79,10 +79,12 @@ def fbp(y, op: ParallelBeamCT, *, filter: str | None = "ramp"):
             f"fbp needs a ParallelBeamCT operator, got {type(op).__name__}; use invstable.tikhonov for other "
             f"operators"
         )
+    if filter is not None and filter not in FILTERS:
+        raise ValueError(f"filter must be one of {FILTERS} or None, got {filter!r}")
     t, restore = as_measurement(y, op)
     dtype = t.dtype if t.dtype == torch.float64 else torch.float32  # differentiable in y (a linear map)
     p = t.to(dtype) / op.scale
-    if filter is not None:
+    if filter is not None and p.numel() > 0:  # (the FFT refuses an empty batch, which has nothing to filter)
         size = max(64, 2 ** int(math.ceil(math.log2(2 * op.detectors))))
         response = torch.as_tensor(fourier_filter(size, filter), dtype=dtype, device=t.device)
         spectrum = torch.fft.fft(p, n=size, dim=-2) * response[:, None]

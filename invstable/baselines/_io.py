@@ -8,14 +8,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..operators._base import check_tensor
+from ..operators._base import check_tensor, complex_message
+from ..operators._check import require_operator, verify_adjoint
 
 
 def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
     """Validate ``y`` for ``op`` and return it as a batched tensor, with the function that maps a result back
-    to the caller's convention (numpy without the axes that were added, or torch as it is)."""
+    to the caller's convention (numpy without the axes that were added, or torch as it is).
+
+    ``op`` must be a linear operator whose ``A_adjoint`` is the adjoint of ``A`` (see
+    :func:`invstable.operators.check_operator`; measured once per operator and shape, then remembered): an
+    :class:`~invstable.operators.AdjointMismatchError` otherwise. A batch of zero measurements is valid."""
+    require_operator(op)
     from_numpy = isinstance(y, np.ndarray)
     if from_numpy:
+        if np.iscomplexobj(y):
+            raise TypeError(complex_message(name, y.dtype))
         if not np.issubdtype(y.dtype, np.floating):
             raise TypeError(f"{name} has dtype {y.dtype}; pass floating-point measurements, e.g. {name}.astype(np.float32)")
         t = torch.from_numpy(np.ascontiguousarray(y))
@@ -38,6 +46,9 @@ def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torc
     check = getattr(op, "check_measurement", None)
     if callable(check):
         check(t, name)
+    # a wrong adjoint makes every baseline silently wrong (CG on a non-symmetric system, FISTA on another
+    # objective): refuse it, measured once per operator and measurement shape
+    verify_adjoint(op, y_shape=tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
 
     def restore(x: torch.Tensor):
         if not from_numpy:

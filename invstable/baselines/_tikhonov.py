@@ -3,6 +3,7 @@ r"""Tikhonov regularisation: :math:`\min_x \|Ax - y\|^2 + \alpha \|Lx\|^2`, i.e.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -13,6 +14,7 @@ from deepinv.physics import LinearPhysics
 
 from ..operators import Blur, Gradient
 from ..operators._base import check_tensor
+from ..operators._check import verify_adjoint
 from ._io import as_alpha, as_measurement, as_start
 
 
@@ -68,7 +70,7 @@ def _per_sample(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).reshape(a.shape[0], -1).sum(1)
+    return (a * b).flatten(1).sum(1)
 
 
 def _fft_symbols(op, reg, shape, dtype, device):
@@ -112,7 +114,7 @@ def conjugate_gradient(apply_normal, b: torch.Tensor, *, x0: torch.Tensor | None
         p = torch.where(_per_sample(p, active), r + _per_sample(p, beta) * p, p)
         rs = torch.where(active, rs_new, rs)
         iterations += active.long()
-    residual = (b - apply_normal(x)).reshape(b.shape[0], -1).norm(dim=1) / b_norm
+    residual = (b - apply_normal(x)).flatten(1).norm(dim=1) / b_norm
     return x, SolveInfo("cg", iterations, residual, residual <= tol * 1.01)
 
 
@@ -146,24 +148,48 @@ def largest_eigenvalue(matvec, size: int, *, max_iter: int = 100, rtol: float = 
     return previous
 
 
-class _DifferentiableSolve(torch.autograd.Function):
-    """``y -> (A^T A + alpha L^T L)^{-1} A^T y`` with the transpose ``g -> A (A^T A + alpha L^T L)^{-1} g`` as
-    its backward (the normal matrix is symmetric)."""
+class _NormalSolve(torch.autograd.Function):
+    """``b -> (A^T A + alpha L^T L)^{-1} b``, the inner solve of Tikhonov, for every torch transform.
+
+    The normal matrix is symmetric, so the backward pass and the forward-mode derivative are the same solve of
+    the incoming vector (implicit differentiation, no unrolled CG; differentiable again); under ``torch.vmap``
+    the mapped axis joins the batch of the solve, which is per sample anyway. ``holder["info"]`` receives the
+    :class:`SolveInfo` of the forward solve.
+    """
 
     @staticmethod
-    def forward(ctx, y, solver, x0, b, holder):
-        with torch.no_grad():
-            x, info = solver.solve(y, x0=x0, adjoint_rhs=b)
+    def forward(b, solver, x0, holder):
+        x, info = solver.solve(None, x0=x0, adjoint_rhs=b)
         holder["info"] = info
-        ctx.solver = solver
         return x
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.solver = inputs[1]
+
+    @staticmethod
     def backward(ctx, grad):
-        solver = ctx.solver
-        with torch.no_grad():
-            z, _ = solver.solve(None, adjoint_rhs=grad.contiguous())
-            return solver.op.A(z), None, None, None, None
+        return _NormalSolve.apply(grad.contiguous(), ctx.solver, None, {}), None, None, None
+
+    @staticmethod
+    def jvp(ctx, b_dot, *_):
+        return _NormalSolve.apply(b_dot, ctx.solver, None, {})
+
+    @staticmethod
+    def vmap(info, in_dims, b, solver, x0, holder):
+        mapped = info.batch_size
+
+        def fold(t, dim):
+            if t is None:
+                return None
+            t = t.expand(mapped, *t.shape) if dim is None else t.movedim(dim, 0)
+            return t.reshape(-1, *t.shape[2:])  # (mapped * batch, ...)
+
+        batch = b.shape[0] if in_dims[0] is None else b.shape[1 if in_dims[0] == 0 else 0]
+        folded = copy.copy(solver)
+        folded.alpha = as_alpha(solver.alpha, batch, torch.zeros((), dtype=torch.float64)).repeat(mapped)
+        x = _NormalSolve.apply(fold(b, in_dims[0]), folded, fold(x0, in_dims[2]), holder)
+        return x.reshape(mapped, batch, *x.shape[1:]), 0
 
 
 class Tikhonov:
@@ -229,8 +255,18 @@ class Tikhonov:
         """
         b = self.op.A_adjoint(y) if adjoint_rhs is None else adjoint_rhs
         alpha = as_alpha(self.alpha, b.shape[0], b)
+        # both maps must have exact adjoints, or the normal matrix is not symmetric (measured once per shape)
+        verify_adjoint(self.op, in_shape=tuple(b.shape[1:]), dtype=b.dtype, device=b.device)
+        if not isinstance(self.regularizer, (_Identity, Gradient)):
+            verify_adjoint(self.regularizer, in_shape=tuple(b.shape[1:]), dtype=b.dtype, device=b.device,
+                           name="regularizer")
         symbols = _fft_symbols(self.op, self.regularizer, b.shape[-2:], torch.float64 if b.dtype == torch.float64
                                else torch.float32, b.device)
+        if b.numel() == 0:  # an empty batch: nothing to solve (the FFT refuses empty tensors)
+            none = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
+            return torch.zeros_like(b), SolveInfo("fft" if symbols is not None else "cg", none,
+                                                  torch.zeros(b.shape[0], dtype=b.dtype, device=b.device),
+                                                  torch.ones_like(none, dtype=torch.bool))
         if symbols is not None:
             k_hat, l_sq = symbols
             denom = k_hat.abs() ** 2 + _per_sample(b, alpha).to(l_sq.dtype) * l_sq
@@ -241,8 +277,8 @@ class Tikhonov:
                 )
             x = torch.fft.ifft2(torch.fft.fft2(b.to(k_hat.real.dtype)) / denom).real.to(b.dtype)
             zero = torch.zeros(b.shape[0], dtype=torch.long, device=b.device)
-            residual = (b - self.normal(alpha)(x)).reshape(b.shape[0], -1).norm(dim=1) / (
-                b.reshape(b.shape[0], -1).norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny))
+            residual = (b - self.normal(alpha)(x)).flatten(1).norm(dim=1) / (
+                b.flatten(1).norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny))
             return x, SolveInfo("fft", zero, residual, torch.ones_like(zero, dtype=torch.bool))
         if x0 is not None:
             check_tensor(x0, "x0")
@@ -258,16 +294,12 @@ class Tikhonov:
         adversarial search (:mod:`invstable.stability`) can attack Tikhonov like any network.
         """
         t, restore = as_measurement(y, self.op)
+        b = self.op.A_adjoint(t)  # differentiable in y (and under torch.func) when y is
         with torch.no_grad():
-            b = self.op.A_adjoint(t)
             x0_t = None if x0 is None else as_start(x0, tuple(b.shape), b.dtype)
-        if torch.is_grad_enabled() and t.requires_grad:
-            holder = {}
-            x = _DifferentiableSolve.apply(t, self, x0_t, b, holder)  # b = A^T y, computed once
-            info = holder["info"]
-        else:
-            with torch.no_grad():
-                x, info = self.solve(t, x0=x0_t, adjoint_rhs=b)
+        holder = {}
+        x = _NormalSolve.apply(b, self, x0_t, holder)
+        info = holder["info"]
         if not bool(info.converged.all()):
             worst = float(info.residual.max())
             warnings.warn(
@@ -293,6 +325,7 @@ class Tikhonov:
         if isinstance(op, Blur) and op.boundary == "circular":
             symbols = _fft_symbols(op, reg, op.image_size, torch.float64, op.kernel.device)
             if symbols is not None:
+                verify_adjoint(op, in_shape=(1, *op.image_size), dtype=torch.float64)
                 k_hat, l_sq = symbols
                 denom = k_hat.abs() ** 2 + float(alpha) * l_sq
                 if not bool((denom > 0).all()):
@@ -306,12 +339,18 @@ class Tikhonov:
                 )
             image = (image, image) if isinstance(image, int) else tuple(image)
             y_shape = op.measurement_shape((1, 1, *image))
-        y_shape = tuple(y_shape)
+        y_shape = tuple(int(n) for n in y_shape)
+        if len(y_shape) < 2 or min(y_shape) < 1:
+            raise ValueError(
+                f"y_shape must be the shape of a batch of at least one measurement, e.g. (1, *y.shape[1:]), got "
+                f"{y_shape}"
+            )
         dtype = torch.float64
         try:
             op.A_adjoint(torch.zeros(y_shape, dtype=dtype))
         except (RuntimeError, TypeError):
             dtype = torch.float32
+        verify_adjoint(op, y_shape=y_shape[1:], dtype=dtype)  # the constant of a wrong adjoint is not R's
         solver = Tikhonov(op, float(alpha), regularizer=reg, tol=1e-9 if dtype == torch.float64 else 1e-6,
                           max_iter=5000)
         a = torch.full((y_shape[0],), float(alpha), dtype=dtype)

@@ -56,6 +56,10 @@ class TotalVariation:
         # differentiable in y when y requires grad (autograd through the iterations, for adversarial searches)
         with torch.set_grad_enabled(torch.is_grad_enabled() and t.requires_grad):
             x_shape = self.op.A_adjoint(t).shape
+            if t.numel() == 0:  # an empty batch: nothing to reconstruct (deepinv's solver cannot take it)
+                if x0 is not None:
+                    as_start(x0, x_shape, t.dtype)
+                return restore(t.new_zeros(x_shape))
             step = 1.0 / norm_bound(self.op, x_shape[1:]) ** 2
             solver = optim_builder(
                 iteration="FISTA", prior=TVPrior(n_it_max=self.prox_iter), data_fidelity=L2(),

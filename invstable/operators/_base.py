@@ -10,19 +10,34 @@ it works inside deepinv, and any deepinv linear physics works in invstable. Our 
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
 
+def complex_message(name: str, dtype) -> str:
+    """What to say about complex data: invstable's operators and baselines are real."""
+    return (f"{name} is complex ({dtype}); invstable's operators and reconstructions take real tensors: pass "
+            f"{name}.real (or {name}.abs() for magnitude data)")
+
+
 def check_tensor(t: torch.Tensor, name: str) -> None:
-    """Reject what cannot be a signal: a non-tensor, a non-float dtype, NaN or Inf."""
+    """Reject what cannot be a signal: a non-tensor, a complex or non-float dtype, NaN or Inf."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; convert it with torch.as_tensor")
-    if not (t.is_floating_point() or t.is_complex()):
+    if t.is_complex():
+        raise TypeError(complex_message(name, t.dtype))
+    if not t.is_floating_point():
         raise TypeError(
             f"{name} has dtype {t.dtype}; pass floating-point values (for example {name}.float())"
         )
-    if not bool(torch.isfinite(t).all()):
+    try:
+        finite = bool(torch.isfinite(t).all())
+    except RuntimeError:  # no values to look at: a tensor under torch.vmap (torch.func) or on the meta device
+        return
+    if not finite:
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); clean or mask them before reconstructing")
 
@@ -52,13 +67,46 @@ class Operator(LinearPhysics):
     #: number of axes of a batched measurement (``None`` when it is not fixed)
     measurement_ndim: int | None = None
 
-    def __repr__(self) -> str:
+    def _repr_params(self) -> dict:
+        """What tells this operator apart from another of its class: its configuration by default."""
         try:
-            params = self.config()["params"]
+            return dict(self.config()["params"])
         except NotImplementedError:
-            return f"{type(self).__name__}()"
-        shown = {k: v for k, v in params.items() if not isinstance(v, list) or len(v) <= 8}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+            return {}
+
+    def __repr__(self) -> str:
+        # every parameter is shown, long arrays by their shape, range and a digest of their values, so that two
+        # operators with different geometries or kernels never print alike
+        shown = ", ".join(f"{k}={summarise(v)}" for k, v in self._repr_params().items())
+        return f"{type(self).__name__}({shown})"
+
+
+def digest(values) -> str:
+    """Eight hex digits of SHA-256 over the float64 values (and shape) of an array: equal arrays, equal digests."""
+    if isinstance(values, torch.Tensor):
+        array = values.detach().cpu().to(torch.float64).numpy()
+    else:
+        array = np.asarray(values, dtype=np.float64)
+    h = hashlib.sha256(repr(array.shape).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:8]
+
+
+def summarise(value) -> str:
+    """A parameter as a repr shows it: short values as they are, long or nested arrays as
+    ``<shape (7, 7), values in [0, 0.16], digest 1a2b3c4d>``."""
+    is_array = isinstance(value, (torch.Tensor, np.ndarray))
+    if not is_array and not (isinstance(value, (list, tuple)) and (
+            len(value) > 8 or any(isinstance(v, (list, tuple)) for v in value))):
+        return repr(value)
+    try:
+        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return repr(value)
+    if array.size == 0:
+        return f"<empty array of shape {array.shape}>"
+    return (f"<shape {array.shape}, values in [{array.min():.6g}, {array.max():.6g}], "
+            f"digest {digest(array)}>")
 
 
 def state_version(module: torch.nn.Module) -> tuple:

@@ -40,6 +40,15 @@ def gaussian_kernel(sigma, size: int | None = None, *, dtype: torch.dtype = torc
     return (k / k.sum()).to(dtype)
 
 
+def _check_kernel_not_zero(kernel: torch.Tensor) -> None:
+    if not bool((kernel != 0).any()):
+        raise ValueError(
+            f"kernel of shape {tuple(kernel.shape)} is all zeros: the blur would map every image to zero (norm 0), "
+            f"and nothing can be reconstructed from its measurements; pass a kernel with a non-zero entry, e.g. "
+            f"gaussian_kernel(sigma)"
+        )
+
+
 class Blur(Operator):
     r"""Convolution of every channel of an image with one kernel.
 
@@ -80,6 +89,7 @@ class Blur(Operator):
                 f"and dtype {kernel.dtype}"
             )
         check_tensor(kernel, "kernel")
+        _check_kernel_not_zero(kernel)
         if np.isscalar(image_size):
             image_size = (image_size, image_size)
         if len(image_size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -116,6 +126,9 @@ class Blur(Operator):
         ``"zeros"``; ``||k||_1 sqrt(kh kw)`` (the padding's norm) for reflect and replicate."""
         key = state_version(self)
         if self._norm_cache is None or self._norm_cache[0] != key:
+            # the kernel was checked when built, but a state change (mul_, copy_) can make it zero or NaN
+            check_tensor(self.kernel, "kernel")
+            _check_kernel_not_zero(self.kernel)
             if self.boundary == "circular":
                 # margin 1e-6 covers the float32 rounding of the applied transfer function
                 norm = float(self.transfer_function().abs().max()) * (1 + 1e-6)
@@ -129,6 +142,20 @@ class Blur(Operator):
             self._norm_cache = (key, norm)
         return self._norm_cache[1]
 
+    def _repr_params(self) -> dict:
+        return {"kernel": self.kernel, "image_size": self.image_size, "boundary": self.boundary}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        kernel = state_dict.get(prefix + "kernel")
+        if isinstance(kernel, torch.Tensor) and kernel.shape == self.kernel.shape:
+            if not bool(torch.isfinite(kernel).all()) or not bool((kernel != 0).any()):
+                error_msgs.append(f"{prefix}kernel: the state holds a kernel that is all zeros or not finite; a "
+                                  f"Blur needs a finite kernel with a non-zero entry")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def measurement_shape(self, x_shape):
         if self.boundary == "valid":
             kh, kw = self.kernel.shape
@@ -138,22 +165,24 @@ class Blur(Operator):
 
     def check_image(self, x: torch.Tensor, name: str = "x") -> None:
         check_tensor(x, name)
-        if x.is_complex() or x.ndim < 3 or tuple(x.shape[-2:]) != self.image_size:
+        if x.ndim < 3 or tuple(x.shape[-2:]) != self.image_size:
             raise ValueError(
-                f"{name} has shape {tuple(x.shape)} but this Blur takes real images of shape "
+                f"{name} has shape {tuple(x.shape)} but this Blur takes images of shape "
                 f"(B, C, {self.image_size[0]}, {self.image_size[1]})"
             )
 
     def check_measurement(self, y: torch.Tensor, name: str = "y") -> None:
         check_tensor(y, name)
         expected = self.measurement_shape((1, 1, *self.image_size))[-2:]
-        if y.is_complex() or y.ndim < 3 or tuple(y.shape[-2:]) != tuple(expected):
+        if y.ndim < 3 or tuple(y.shape[-2:]) != tuple(expected):
             raise ValueError(
                 f"{name} has shape {tuple(y.shape)} but the operator produces (B, C, {expected[0]}, {expected[1]}); "
                 f"pass a measurement of Blur(image_size={self.image_size}, boundary={self.boundary!r})"
             )
 
     def _circular(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        if t.numel() == 0:  # an empty batch (the FFT refuses empty tensors)
+            return t.clone()
         compute = torch.float64 if t.dtype == torch.float64 else torch.float32
         k_hat = self.transfer_function(compute).to(t.device)
         if adjoint:
@@ -174,6 +203,9 @@ class Blur(Operator):
     def _padded_conv(self, t: torch.Tensor, conv) -> torch.Tensor:
         """deepinv's convolution (4-D only) over any leading axes."""
         lead = t.shape[:-2]
+        out_hw = self.measurement_shape(t.shape)[-2:] if conv is conv2d else self.image_size
+        if t.numel() == 0:  # an empty batch (a reshape with -1 is ambiguous for it)
+            return t.new_zeros((*lead, *out_hw))
         out = conv(t.reshape(-1, 1, *t.shape[-2:]), self._conv_kernel().to(device=t.device, dtype=t.dtype)[None, None],
                    padding=self.boundary)
         return out.reshape(*lead, *out.shape[-2:])

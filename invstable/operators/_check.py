@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
+import weakref
 
 import torch
 
@@ -29,9 +29,10 @@ class OperatorReport:
     adjoint_mismatch : float
         Largest ``|<Ax, y> - <x, A^T y>| / (||Ax|| ||y||)`` over the random probes.
     dtype : torch.dtype
-        Precision of that measurement (float64 where the operator allows it).
+        Precision the operator computes in: the least precise of the probes' dtype (float64 where the operator
+        accepts it, else float32) and the dtypes of what ``A`` and ``A_adjoint`` return.
     tol : float
-        Tolerance the mismatch was held to.
+        Tolerance the mismatch was held to (by default it follows ``dtype``).
     norm_bound : float
         Upper bound on ``||A||_2``.
     norm_estimate : float
@@ -61,35 +62,107 @@ class OperatorReport:
     converged: bool = True
 
 
+#: largest accepted relative adjoint mismatch for an operator that computes in each precision
+_TOLERANCES = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def default_tolerance(precision: torch.dtype) -> float:
+    """The adjoint tolerance for an operator computing in ``precision``: ``1e-8`` in float64, ``1e-4`` in
+    float32 (a relative mismatch a few thousand times the rounding unit)."""
+    return _TOLERANCES.get(precision, 1e-4)
+
+
+def require_operator(op, name: str = "op") -> None:
+    """Refuse what is not a linear operator, saying what was received and what to pass instead."""
+    if callable(getattr(op, "A", None)) and callable(getattr(op, "A_adjoint", None)):
+        return
+    if isinstance(op, (tuple, list)) and len(op) == 2 and all(callable(f) for f in op):
+        got = "a (forward, adjoint) pair of callables"
+    elif callable(op):
+        got = f"the {'function' if hasattr(op, '__code__') else 'callable'} {getattr(op, '__qualname__', type(op).__name__)!r}"
+    else:
+        got = f"a {type(op).__name__}"
+    raise TypeError(
+        f"{name} must be a linear operator with A and A_adjoint (a deepinv LinearPhysics), got {got}; make one with "
+        f"invstable.as_operator((forward, adjoint), in_shape=...) from a function and its adjoint, or "
+        f"invstable.as_operator(matrix, in_shape=...) from a matrix"
+    )
+
+
 def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.conj() * b).real.sum() if a.is_complex() else (a * b).sum()
+    a, b = a.to(torch.complex128 if a.is_complex() else torch.float64), b.to(torch.complex128 if b.is_complex() else torch.float64)
+    return (a.conj() * b).real.sum() if a.is_complex() or b.is_complex() else (a * b).sum()
+
+
+def _lowest(*dtypes: torch.dtype) -> torch.dtype:
+    """The least precise of floating-point (or complex) dtypes."""
+    def eps(d):
+        return torch.finfo(d.to_real() if d.is_complex else d).eps
+    return max(dtypes, key=eps)
 
 
 def _probe(op, in_shape, dtype, device, generator):
-    x = torch.randn((1, *in_shape), dtype=dtype, generator=generator).to(device)
-    ax = op.A(x)
-    if not isinstance(ax, torch.Tensor):
-        raise ValueError(f"A returned a {type(ax).__name__}; an operator must return torch tensors")
-    if ax.dtype != dtype:
-        raise TypeError(f"A returned {ax.dtype} for {dtype} input")
-    y = torch.randn(ax.shape, dtype=dtype, generator=generator).to(device)
-    aty = op.A_adjoint(y)
-    if tuple(aty.shape) != tuple(x.shape):
-        raise ValueError(
-            f"A_adjoint returned shape {tuple(aty.shape)} for a measurement of shape {tuple(y.shape)}, but images "
-            f"have shape {tuple(x.shape)}; the adjoint must map measurements back to images"
-        )
-    lhs, rhs = _inner(ax, y), _inner(x, aty)
-    scale = float(ax.norm() * y.norm())
-    if scale == 0.0:
-        scale = float(x.norm() * aty.norm()) or 1.0
-    return float((lhs - rhs).abs()) / scale, tuple(ax.shape[1:])
+    """One relative mismatch, the measurement shape, and the precision the operator computed in: the least
+    precise of the input dtype and the dtypes of what ``A`` and ``A_adjoint`` returned."""
+    with torch.no_grad():
+        x = torch.randn((1, *in_shape), dtype=dtype, generator=generator).to(device)
+        ax = op.A(x)
+        if not isinstance(ax, torch.Tensor):
+            raise ValueError(f"A returned a {type(ax).__name__}; an operator must return torch tensors")
+        if not (ax.is_floating_point() or ax.is_complex()):
+            raise TypeError(f"A returned {ax.dtype} for {dtype} input; an operator must return floating-point tensors")
+        y = torch.randn(ax.shape, dtype=ax.dtype, generator=generator).to(device)
+        aty = op.A_adjoint(y)
+        if not isinstance(aty, torch.Tensor) or not (aty.is_floating_point() or aty.is_complex()):
+            raise TypeError(f"A_adjoint returned {getattr(aty, 'dtype', type(aty).__name__)}; an operator must return "
+                            f"floating-point tensors")
+        if tuple(aty.shape) != tuple(x.shape):
+            raise ValueError(
+                f"A_adjoint returned shape {tuple(aty.shape)} for a measurement of shape {tuple(y.shape)}, but images "
+                f"have shape {tuple(x.shape)}; the adjoint must map measurements back to images"
+            )
+        lhs, rhs = _inner(ax, y), _inner(x, aty)
+        scale = float(ax.double().norm() * y.double().norm()) if not ax.is_complex() else float(ax.abs().double().norm() * y.abs().double().norm())
+        if scale == 0.0:
+            scale = float(x.double().norm() * aty.abs().double().norm()) or 1.0
+    return float((lhs - rhs).abs()) / scale, tuple(ax.shape[1:]), _lowest(dtype, ax.dtype, aty.dtype)
 
 
 def _device_of(op) -> torch.device:
-    for t in list(op.parameters()) + list(op.buffers()):
-        return t.device
+    if isinstance(op, torch.nn.Module):
+        for t in list(op.parameters()) + list(op.buffers()):
+            return t.device
     return torch.device("cpu")
+
+
+def _measure(op, in_shape, *, dtypes, n_probes, generator, device):
+    """``(mismatch, out_shape, precision, probe dtype)`` of the operator as it is (never a cast copy: the
+    precision is that of the operator the caller uses), in the first of ``dtypes`` it accepts."""
+    last_error = None
+    for dtype in dtypes:
+        try:
+            probes = [_probe(op, in_shape, dtype, device, generator) for _ in range(n_probes)]
+        except (RuntimeError, TypeError) as err:
+            last_error = err
+            continue
+        return max(p[0] for p in probes), probes[0][1], _lowest(*(p[2] for p in probes)), dtype
+    raise TypeError(
+        f"could not apply {type(op).__name__} to a batch of shape (1, *{in_shape}) in "
+        f"{' or '.join(str(d).replace('torch.', '') for d in dtypes)}: {last_error}"
+    )
+
+
+def _mismatch_message(op, mismatch, precision, tol, what: str = "") -> str:
+    hint = ""
+    if precision == torch.float64 and mismatch <= default_tolerance(torch.float32):
+        hint = (" The mismatch is at the level of float32 rounding: if the operator computes in float32 inside "
+                "(some of its tensors are float32 although it returns float64), pass tol=1e-4.")
+    return (
+        f"{type(op).__name__}: relative adjoint mismatch {mismatch:.3e} (the operator computes in "
+        f"{str(precision).replace('torch.', '')}) exceeds the tolerance {tol:.1e}{what}; A_adjoint is not the adjoint "
+        f"of A. Fix the adjoint (deepinv's adjoint_function can derive one by automatic differentiation) or, if the "
+        f"mismatch is rounding, pass a larger tol.{hint}"
+    )
 
 
 def power_norm(op, in_shape, *, max_iter: int = 500, rtol: float = 1e-6, dtype=torch.float64,
@@ -128,7 +201,9 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
     in_shape : tuple of int
         Shape of one image, without batch axis, e.g. ``(1, 128, 128)``.
     tol : float, optional
-        Largest accepted relative mismatch; default ``1e-8`` when measured in float64, ``1e-4`` in float32.
+        Largest accepted relative mismatch; by default it follows the precision the operator computes in (the
+        dtype of its output): ``1e-8`` in float64, ``1e-4`` in float32. The operator is measured as it is, in
+        float64 when it accepts float64 input, else in float32.
     margin : float, default 0.01
         Relative safety margin added to a power-iteration estimate of the norm.
     n_probes : int, default 3
@@ -147,6 +222,8 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
     ------
     AdjointMismatchError
         When the mismatch exceeds ``tol``: a certified learned model is only as sound as its adjoint.
+    TypeError
+        When ``op`` is not an operator (a plain function, say), or cannot be applied in float64 or float32.
 
     Notes
     -----
@@ -160,40 +237,15 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
     """
     from ._wrap import _shape_tuple  # noqa: PLC0415
 
+    require_operator(op)
     in_shape = _shape_tuple(in_shape)
     generator = rng if isinstance(rng, torch.Generator) else torch.Generator().manual_seed(0 if rng is None else int(rng))
-    device = _device_of(op)
-
-    measured = None
-    for dtype in (torch.float64, torch.float32):
-        candidates = [op] if dtype == torch.float32 else [op, None]
-        for candidate in candidates:
-            try:
-                target = candidate if candidate is not None else copy.deepcopy(op).to(torch.float64)
-                mismatch, out_shape = max(_probe(target, in_shape, dtype, device, generator) for _ in range(n_probes))
-            except (RuntimeError, TypeError) as err:
-                last_error = err
-                continue
-            measured = (target, dtype, mismatch, out_shape)
-            break
-        if measured is not None:
-            break
-    if measured is None:
-        raise TypeError(
-            f"could not apply {type(op).__name__} to a batch of shape (1, *{in_shape}) in float64 or float32: "
-            f"{last_error}"
-        )
-    target, dtype, mismatch, out_shape = measured
+    mismatch, out_shape, dtype, probe_dtype = _measure(op, in_shape, dtypes=(torch.float64, torch.float32),
+                                                       n_probes=n_probes, generator=generator, device=_device_of(op))
     if tol is None:
-        tol = 1e-8 if dtype == torch.float64 else 1e-4
+        tol = default_tolerance(dtype)
     if not mismatch <= tol:
-        raise AdjointMismatchError(
-            f"{type(op).__name__}: relative adjoint mismatch {mismatch:.3e} (in {dtype}) exceeds the tolerance "
-            f"{tol:.1e}; A_adjoint is not the adjoint of A. Fix the adjoint (deepinv's "
-            f"adjoint_function can derive one by automatic differentiation) or, if the mismatch is rounding, "
-            f"pass a larger tol"
-        )
-
+        raise AdjointMismatchError(_mismatch_message(op, mismatch, dtype, tol))
     if callable(getattr(op, "norm_bound", None)):
         try:
             bound = float(op.norm_bound())
@@ -201,7 +253,7 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
             bound = None
         if bound is not None:
             return OperatorReport(mismatch, dtype, tol, bound, bound, "exact", 0.0, 0, in_shape, out_shape)
-    estimate, iterations, converged = power_norm(target, in_shape, max_iter=max_iter, dtype=dtype,
+    estimate, iterations, converged = power_norm(op, in_shape, max_iter=max_iter, dtype=probe_dtype,
                                                  rtol=1e-6 if dtype == torch.float64 else 1e-4, generator=generator)
     if not converged:
         warnings.warn(
@@ -228,9 +280,79 @@ def norm_bound(op, in_shape=None, *, margin: float = POWER_MARGIN) -> float:
             f"{type(op).__name__} has no norm_bound(); pass in_shape (one image, no batch axis) so that its norm "
             f"can be estimated by power iteration"
         )
-    cache = op.__dict__.setdefault("_invstable_norm_cache", {})
-    key = (tuple(in_shape), margin, state_version(op))  # a changed parameter or buffer invalidates the entry
-    if key not in cache:
-        cache.clear()
-        cache[key] = check_operator(op, in_shape, margin=margin).norm_bound
+    require_operator(op)
+    key = (tuple(in_shape), margin, _version(op))  # a changed parameter or buffer invalidates the entry
+    cache = _cache_of(_NORMS, op)
+    if cache is None or key not in cache:
+        bound = check_operator(op, in_shape, margin=margin).norm_bound
+        if cache is None:
+            return bound
+        cache.clear()  # one entry per operator: the bound for its current state
+        cache[key] = bound
     return cache[key]
+
+
+# Caches of what was measured on an operator, kept beside it rather than in it (the user's object is not written
+# to) and dropped with it.
+_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ADJOINT_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache_of(caches: weakref.WeakKeyDictionary, op) -> dict | None:
+    """The cache of ``op`` in ``caches``, or ``None`` for an object that cannot be weakly referenced."""
+    try:
+        return caches.setdefault(op, {})
+    except TypeError:
+        return None
+
+
+def _version(op) -> tuple:
+    return state_version(op) if isinstance(op, torch.nn.Module) else ()
+
+
+def verify_adjoint(op, *, in_shape=None, y_shape=None, dtype: torch.dtype = torch.float32, device=None,
+                   name: str = "op") -> None:
+    """Refuse an operator whose ``A_adjoint`` is not the adjoint of ``A``, cheaply: the verdict is measured once per
+    operator, shape, dtype and state (3 random probes, as :func:`check_operator`) and remembered.
+
+    Give the shape of one image (``in_shape``) or of one measurement (``y_shape``), both without batch axis. The
+    probes run in ``dtype`` (the precision of the caller's data) and the tolerance follows the precision the
+    operator computes in. Used by the baselines, whose results are silently wrong with a wrong adjoint.
+
+    Raises
+    ------
+    AdjointMismatchError
+        With the measured mismatch; the same verdict is given again, without measuring, for the same operator.
+    """
+    require_operator(op, name)
+    shape = tuple(in_shape if in_shape is not None else y_shape)
+    if 0 in shape:
+        return  # nothing to measure on an empty image
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    device = torch.device(device) if device is not None else _device_of(op)
+    version = _version(op)
+    key = ("image" if in_shape is not None else "measurement", shape, dtype, str(device), version)
+    cache = _cache_of(_ADJOINT_VERDICTS, op)
+    if cache is not None and key in cache:
+        verdict = cache[key]
+    else:
+        if in_shape is None:
+            with torch.no_grad():
+                in_shape = tuple(op.A_adjoint(torch.zeros((1, *shape), dtype=dtype, device=device)).shape[1:])
+        # in the caller's dtype first; the other one only for an operator that refuses it (whose use will fail
+        # on its own, with its own message)
+        other = torch.float32 if dtype == torch.float64 else torch.float64
+        mismatch, out_shape, precision, _ = _measure(op, in_shape, dtypes=(dtype, other), n_probes=3,
+                                                     generator=torch.Generator().manual_seed(0), device=device)
+        tol = default_tolerance(precision)
+        verdict = None if mismatch <= tol else _mismatch_message(
+            op, mismatch, precision, tol, f" (measured before {name} is used in a reconstruction, which would be "
+            f"silently wrong with it)")
+        if cache is not None:
+            if len(cache) > 16:  # states and shapes seen before: keep the cache small
+                cache.clear()
+            # one measurement answers for the image shape and for the measurement shape it maps to
+            for kind, seen in (("image", tuple(in_shape)), ("measurement", tuple(out_shape))):
+                cache[(kind, seen, dtype, str(device), version)] = verdict
+    if verdict is not None:
+        raise AdjointMismatchError(verdict)

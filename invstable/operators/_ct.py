@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import numpy as np
@@ -11,16 +12,77 @@ import scipy.sparse.linalg as spla
 import torch
 
 from ._base import Operator, check_tensor
-from .functional._radon import angles_in_degrees, backprojector_matrix, default_detectors, projector_matrix
+from ._sparse import SparseProduct
+from .functional._radon import (
+    angles_in_degrees,
+    backprojector_matrix,
+    backprojector_memory,
+    default_detectors,
+    projector_matrix,
+    projector_memory,
+)
 
 # Lanczos (ARPACK) converges to the largest singular value from below to about its tolerance; the margin
 # covers that and the float32 rounding of the stored matrix.
 _NORM_MARGIN = 1e-6
 
 
+class OperatorTooLargeError(ValueError, MemoryError):
+    """An operator would need more memory than the machine has: refused before anything is allocated."""
+
+
+def _available_memory() -> int | None:
+    """Bytes this process can still allocate: the kernel's ``MemAvailable``, lowered by a cgroup limit when one
+    is set; ``None`` where neither can be read (the size check is then skipped)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:  # cgroup v2: a container's limit is lower than the machine's memory
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                available = min(available, int(limit) - int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return max(int(available), 0)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def _check_memory(what: str, needed: int, image_size: int, n_angles: int, detectors: int) -> None:
+    """Refuse to build a matrix that would not fit, naming the figures (instead of a MemoryError mid-build)."""
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise OperatorTooLargeError(
+            f"ParallelBeamCT(image_size={image_size}, angles={n_angles}, detectors={detectors}) needs about "
+            f"{_bytes(needed)} of memory to build its sparse {what}, but only {_bytes(available)} is available; "
+            f"the memory grows as image_size^2 x angles: use a smaller image_size or fewer angles"
+        )
+
+
 @functools.lru_cache(maxsize=8)
 def _geometry(image_size: int, theta_key: tuple[float, ...], detectors: int):
     """Projector (CSR, float64), its transpose, and its largest singular value, cached per geometry."""
+    _check_memory("projector", projector_memory(image_size, len(theta_key), detectors), image_size, len(theta_key),
+                  detectors)
     theta = np.asarray(theta_key)
     proj = projector_matrix(image_size, theta, detectors)
     proj_t = proj.T.tocsr()
@@ -31,6 +93,8 @@ def _geometry(image_size: int, theta_key: tuple[float, ...], detectors: int):
 
 @functools.lru_cache(maxsize=8)
 def _backprojector(image_size: int, theta_key: tuple[float, ...], detectors: int) -> sp.csr_matrix:
+    _check_memory("back-projector", backprojector_memory(image_size, len(theta_key), detectors), image_size,
+                  len(theta_key), detectors)
     return backprojector_matrix(image_size, np.asarray(theta_key), detectors)
 
 
@@ -45,20 +109,6 @@ def _to_torch_csr(matrix: sp.csr_matrix, dtype: torch.dtype, device: torch.devic
             torch.from_numpy(matrix.data).to(dtype),
             size=matrix.shape, check_invariants=False,
         ).to(device)
-
-
-class _SparseProduct(torch.autograd.Function):
-    """``M @ X`` for a sparse ``M`` with a stored transpose, so that the backward pass is ``M^T @ G``."""
-
-    @staticmethod
-    def forward(ctx, x, matrix, matrix_t):
-        ctx.matrix_t = matrix_t
-        ctx.matrix = matrix
-        return matrix @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.matrix_t @ grad, None, None
 
 
 class ParallelBeamCT(Operator):
@@ -105,6 +155,9 @@ class ParallelBeamCT(Operator):
 
     name = "ct"
     measurement_ndim = 4
+    #: each stored matrix and the one that is its transpose (see :class:`SparseProduct`)
+    _transposes = {"projector": "adjoint", "adjoint": "projector",
+                   "backprojector": "backprojector_t", "backprojector_t": "backprojector"}
 
     def __init__(self, image_size: int, angles, *, detectors: int | None = None, normalize: bool = True,
                  noise_model=None, **kwargs):
@@ -144,16 +197,25 @@ class ParallelBeamCT(Operator):
     def measurement_shape(self, x_shape):
         return (*x_shape[:-2], self.detectors, self.n_angles)
 
+    def _repr_params(self) -> dict:
+        uniform = np.linspace(0.0, 180.0, self.n_angles, endpoint=False)
+        angles = self.n_angles if np.array_equal(np.asarray(self._theta_key), uniform) else list(self._theta_key)
+        return {"image_size": self.image_size, "angles": angles, "detectors": self.detectors,
+                "normalize": self.normalize}
 
-    def _matrices(self, which: str, dtype: torch.dtype, device: torch.device):
+
+    def _matrix(self, which: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """One of the stored matrices (``"projector"``, ``"adjoint"``, ``"backprojector"``, ``"backprojector_t"``)
+        as a torch CSR tensor, built on first use for each dtype and device."""
         key = (which, dtype, device)
         if key not in self._cache:
-            if which == "backprojector":
-                mats = (_backprojector(self.image_size, self._theta_key, self.detectors),)
+            if which.startswith("backprojector"):
+                matrix = _backprojector(self.image_size, self._theta_key, self.detectors)
+                matrix = matrix if which == "backprojector" else matrix.T.tocsr()
             else:
                 proj, proj_t, _ = _geometry(self.image_size, self._theta_key, self.detectors)
-                mats = (proj, proj_t) if which == "projector" else (proj_t, proj)
-            self._cache[key] = tuple(_to_torch_csr(m, dtype, device) for m in mats)
+                matrix = proj if which == "projector" else proj_t
+            self._cache[key] = _to_torch_csr(matrix, dtype, device)
         return self._cache[key]
 
     def __getstate__(self):
@@ -184,26 +246,21 @@ class ParallelBeamCT(Operator):
         compute = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
         lead = t.shape[:-2]
         flat = t.reshape(-1, t.shape[-2] * t.shape[-1]).to(compute).T
-        mats = self._matrices(which, compute, t.device)
-        if which == "backprojector":
-            out = mats[0] @ flat
-        else:
-            out = _SparseProduct.apply(flat, *mats)
+        out = SparseProduct.apply(flat, self, which)
         return out.T.reshape(*lead, *out_hw).to(t.dtype)
 
     def check_image(self, x: torch.Tensor, name: str = "x") -> None:
         check_tensor(x, name)
-        if x.is_complex() or x.ndim < 3 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+        if x.ndim < 3 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(
-                f"{name} has shape {tuple(x.shape)}{' (complex)' if x.is_complex() else ''} but "
-                f"ParallelBeamCT(image_size={self.image_size}) takes real images of shape "
-                f"(B, C, {self.image_size}, {self.image_size})"
+                f"{name} has shape {tuple(x.shape)} but ParallelBeamCT(image_size={self.image_size}) takes images "
+                f"of shape (B, C, {self.image_size}, {self.image_size})"
             )
 
     def check_measurement(self, y: torch.Tensor, name: str = "y") -> None:
         check_tensor(y, name)
         expected = (self.detectors, self.n_angles)
-        if y.is_complex() or y.ndim < 3 or tuple(y.shape[-2:]) != expected:
+        if y.ndim < 3 or tuple(y.shape[-2:]) != expected:
             raise ValueError(
                 f"{name} has shape {tuple(y.shape)} but the operator produces (B, C, {expected[0]}, {expected[1]}); "
                 f"pass a sinogram from ParallelBeamCT(image_size={self.image_size}, angles={self.n_angles}) "

@@ -12,7 +12,8 @@ import scipy.sparse.linalg as spla
 import torch
 from deepinv.physics import LinearPhysics, Physics
 
-from ._base import Operator, check_tensor, state_version
+from ._base import Operator, check_tensor, digest, state_version
+from ._sparse import sparse_product
 
 
 def _shape_tuple(in_shape, what: str = "in_shape") -> tuple[int, ...]:
@@ -93,9 +94,13 @@ class MatrixOperator(Operator):
             return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
                                            size=(self.out_size, self.n_columns), check_invariants=False)
 
-    def _mat(self, like: torch.Tensor) -> torch.Tensor:
-        mat = self.matrix if not self.sparse else self._csr()
-        return mat.to(device=like.device, dtype=like.dtype)
+    #: the stored matrix and its transpose (see :class:`SparseProduct`)
+    _transposes = {"forward": "adjoint", "adjoint": "forward"}
+
+    def _matrix(self, which: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The sparse matrix (``"forward"``) or its transpose (``"adjoint"``) in ``dtype`` on ``device``."""
+        mat = self._csr().to(device=device, dtype=dtype)
+        return mat if which == "forward" else mat.t()
 
     def measurement_shape(self, x_shape):
         return (x_shape[0], self.out_size)
@@ -126,8 +131,10 @@ class MatrixOperator(Operator):
             raise ValueError(
                 f"x has shape {tuple(x.shape)} but this matrix operator takes (B, {', '.join(map(str, self.in_shape))})"
             )
-        flat = x.reshape(x.shape[0], -1)
-        return (self._mat(x) @ flat.T).T
+        flat = x.flatten(1)  # (B, n), also for an empty batch
+        if self.sparse:
+            return sparse_product(self, "forward", flat)
+        return flat @ self.matrix.to(device=x.device, dtype=x.dtype).T
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         check_tensor(y, "y")
@@ -136,9 +143,14 @@ class MatrixOperator(Operator):
                 f"y has shape {tuple(y.shape)} but the operator produces (B, {self.out_size}); pass measurements "
                 f"with a batch axis and {self.out_size} entries each"
             )
-        mat = self._mat(y)
-        out = (mat.T @ y.T).T if mat.layout == torch.strided else (mat.t() @ y.T).T
+        out = sparse_product(self, "adjoint", y) if self.sparse else y @ self.matrix.to(device=y.device, dtype=y.dtype)
         return out.reshape(y.shape[0], *self.in_shape)
+
+    def _repr_params(self) -> dict:
+        values = self.values if self.sparse else self.matrix
+        return {"shape": (self.out_size, self.n_columns), "in_shape": self.in_shape, "sparse": self.sparse,
+                "digest": digest(values if not self.sparse else torch.cat(
+                    [values.detach().double().cpu(), self.col_indices.double().cpu(), self.crow_indices.double().cpu()]))}
 
 
 class CallableOperator(Operator):
@@ -172,6 +184,11 @@ class CallableOperator(Operator):
     def measurement_shape(self, x_shape):
         with torch.no_grad():
             return tuple(self._forward(torch.zeros(x_shape)).shape)
+
+    def _repr_params(self) -> dict:
+        def name(f):
+            return getattr(f, "__qualname__", None) or type(f).__name__
+        return {"forward": name(self._forward), "adjoint": name(self._adjoint), "in_shape": self.in_shape}
 
 
 

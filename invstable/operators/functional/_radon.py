@@ -27,6 +27,33 @@ def default_detectors(image_size: int) -> int:
     return image_size + int(math.ceil(math.sqrt(2.0) * image_size - image_size))
 
 
+#: bytes of peak memory per stored sample while a projector is built (measured: about 55; the int64 row and
+#: column indices and float64 weights of each sample, their concatenation, and the compressed matrices)
+_BYTES_PER_SAMPLE = 56
+
+
+def projector_samples(image_size: int, n_angles: int, detectors: int) -> int:
+    """Estimated bilinear samples (entries before duplicates are summed) of :func:`projector_matrix`.
+
+    Per angle, the unit-spaced samples that fall in the image are at most the ``(n + 1)^2`` grid cells the
+    image touches, and at most the ``detectors x length`` samples of all rays; each has four weights.
+    """
+    n = int(image_size)
+    per_angle = min(int(detectors) * default_detectors(n), (n + 1) ** 2)
+    return 4 * int(n_angles) * per_angle
+
+
+def projector_memory(image_size: int, n_angles: int, detectors: int) -> int:
+    """Estimated peak memory in bytes of building the projector of :func:`projector_matrix` and its transpose
+    (within about 10 % of the measured peak from 32 x 32 to 128 x 128); it grows as ``image_size^2 x angles``."""
+    return _BYTES_PER_SAMPLE * projector_samples(image_size, n_angles, detectors)
+
+
+def backprojector_memory(image_size: int, n_angles: int, detectors: int) -> int:
+    """Estimated peak memory in bytes of :func:`backprojector_matrix`: two weights per pixel and angle."""
+    return _BYTES_PER_SAMPLE * 2 * int(n_angles) * int(image_size) ** 2
+
+
 def angles_in_degrees(angles) -> np.ndarray:
     """``n`` (an integer) -> ``n`` angles uniform in [0, 180) degrees; a 1-D sequence of degrees is passed through."""
     if isinstance(angles, bool):
