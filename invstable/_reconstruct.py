@@ -5,15 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .data._cli import _key_value
+from .data._cli import _key_value, build_operator, check_image_memory
+from .data._folder import read_array_file, scale_integers
 
 READABLE = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".png")
+HDF5 = (".h5", ".hdf5")
 WRITABLE = (".png", ".npy", ".tif", ".tiff", ".h5", ".hdf5")
 BASELINES = ("fbp", "tikhonov", "tv")
+#: How stored numbers become measurements, the same for every input format.
+SCALING_RULE = ("integer data, in any format, are divided by the largest value of their dtype (uint8 by 255, "
+                "uint16 by 65535, int16 by 32767, ...) and booleans become 0 / 1; floats are taken as they are")
+#: The options that only some methods use: option -> (attribute, the method kinds that use it, what it is).
+#: A kind is a baseline's name, "model" (a learned model) or "universal" (the universal regulariser).
+METHOD_OPTIONS = {
+    "--filter": ("filter", ("fbp",), "the FBP filter"),
+    "--alpha": ("alpha", ("tikhonov", "tv"), "the regularisation weight of tikhonov / tv"),
+    "--regularizer": ("regularizer", ("tikhonov",), "the Tikhonov regulariser"),
+    "--noise-level": ("noise_level", ("tikhonov", "universal"), "the noise level of tikhonov's automatic alpha "
+                                                                 "and of the universal regulariser's weights"),
+    "--preset": ("preset", ("universal",), "the universal regulariser's tuned weights"),
+}
+OPERATOR_OPTIONS = (("--angles", "angles"), ("--image-size", "image_size"), ("--sigma", "sigma"), ("--param", "param"))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,14 +39,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Reconstruct x from measurements y = A x + noise read from a file (.npy, .tif/.tiff, .h5, "
                     ".png). The method is a pretrained model name (see `invstable models`), a model file written "
                     "by `invstable train` / model.save, or a baseline: fbp (CT), tikhonov, tv. A model brings its "
-                    "own operator; baselines need --operator.",
+                    "own operator; baselines need --operator. Input scaling: " + SCALING_RULE + ". An option "
+                    "the chosen method does not use is an error, not ignored.",
         epilog="example: invstable reconstruct --operator ct --angles 30 --input sinogram.npy "
                "--method ct30-gradflow --out x.png")
     p.add_argument("--input", required=True, help="measurements: .npy, .tif/.tiff, .h5/.hdf5 (see --key) or .png; "
-                                                  "one measurement (e.g. detectors x angles) or a batch")
-    p.add_argument("--key", help="dataset inside an HDF5 input (default: 'y' if present, else the only dataset)")
+                                                  "one measurement (e.g. detectors x angles) or a batch; "
+                                                  "integer data are divided by the largest value of their dtype, "
+                                                  "whatever the format")
+    p.add_argument("--key", help="dataset inside an HDF5 input (default: 'y' if present, else the only dataset); "
+                                 "HDF5 input only")
     p.add_argument("--out", required=True, help="reconstruction: .png (clipped to [0, 1], 16 bit), .npy, .tif/.tiff "
-                                                "or .h5 (dataset 'x'); written atomically")
+                                                "or .h5 (dataset 'x'); written atomically; missing folders are "
+                                                "created; an existing file is refused unless --overwrite; never "
+                                                "the input")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (the whole file, an .h5 too); the input is never replaced")
     p.add_argument("--method", required=True,
                    help=f"pretrained model name, model file (.safetensors), or one of {', '.join(BASELINES)}")
     p.add_argument("--operator", help="registered operator name (ct, blur, a plugin's); required for baselines, "
@@ -39,67 +64,142 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="blur: standard deviation of the Gaussian kernel in pixels")
     p.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="further operator parameter, VALUE read as JSON (repeatable)")
-    p.add_argument("--alpha", default="auto",
-                   help="tikhonov: a number, or 'auto' (discrepancy principle with --noise-level, else GCV); "
-                        "tv: the weight lambda (default for tv: 1e-3)")
-    p.add_argument("--regularizer", default="identity", choices=("identity", "gradient"),
-                   help="tikhonov regulariser (default: %(default)s)")
-    p.add_argument("--noise-level", type=float, help="noise standard deviation, for --alpha auto")
-    p.add_argument("--filter", default="ramp", help="fbp filter: ramp, shepp-logan, cosine, hamming, hann")
+    p.add_argument("--alpha",
+                   help="tikhonov: a number, or 'auto' (default; discrepancy principle with --noise-level, else "
+                        "GCV); tv: the weight lambda (default 1e-3)")
+    p.add_argument("--regularizer", choices=("identity", "gradient"),
+                   help="tikhonov regulariser (default: identity)")
+    p.add_argument("--noise-level", type=float, help="noise standard deviation: tikhonov's --alpha auto, the "
+                                                     "universal regulariser's weights")
+    p.add_argument("--filter", help="fbp filter: ramp (default), shepp-logan, cosine, hamming, hann")
     p.add_argument("--preset", help="universal: the weights tuned on a protocol task's validation split (ct-30, "
                                     "ct-180, blur-g2); default: the noise-level rule (--noise-level)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (default: %(default)s); a device "
+                                                   "that is not there is an error")
     p.set_defaults(func=run)
     return p
 
 
 # ---------------------------------------------------------------------------------------------- files
-def read_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """A float64 array from .npy, .tif/.tiff, .png or .h5 (never unpickles)."""
+def read_array(path: str | os.PathLike, key: str | None = None) -> tuple[np.ndarray, str | None]:
+    """The measurements in a file as float64, and a note on the scaling applied (``None`` if none).
+
+    .npy (never unpickled), .tif/.tiff, .png and .h5/.hdf5 (dataset ``key``) are read; integer data are
+    divided by their dtype's largest value whatever the format (:data:`SCALING_RULE`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        Naming the file: an unknown extension, ``key`` on a non-HDF5 file, an empty or unreadable file, a
+        missing HDF5 dataset (listing those there), complex, empty or non-finite data.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in READABLE:
         raise ValueError(f"cannot read {str(path)!r}: unknown extension {suffix!r}; use one of {READABLE}")
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    if key is not None and suffix not in HDF5:
+        raise ValueError(f"--key applies to HDF5 input (.h5, .hdf5); {path} is a {suffix} file: leave --key out")
+    arr = np.asarray(_read_hdf5(path, key) if suffix in HDF5 else read_array_file(path))
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{path}: holds complex numbers ({arr.dtype}); reconstruct takes real measurements: "
+                         "store the real part (or the magnitude) instead")
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{path}: holds {arr.dtype} data; expected real numbers")
+    if arr.size == 0:
+        raise ValueError(f"{path}: holds an empty array of shape {arr.shape}")
+    arr, note = scale_integers(arr)
+    arr = arr.astype(np.float64)
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ValueError(f"{path}: {bad} of {arr.size} values are NaN or infinite")
+    return arr, note
+
+
+def _read_hdf5(path: Path, key: str | None):
+    import h5py
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot be read as HDF5: the file is empty (0 bytes)")
     try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        elif suffix == ".png":
-            import imageio.v3 as iio
-
-            arr = iio.imread(path)
-            arr = arr / np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else arr
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as fh:
-                names = [k for k in fh if isinstance(fh[k], h5py.Dataset)]
+        with h5py.File(path, "r") as fh:
+            names = []
+            fh.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            if key is None:
+                key = "y" if "y" in names else (names[0] if len(names) == 1 else None)
                 if key is None:
-                    key = "y" if "y" in names else (names[0] if len(names) == 1 else None)
-                if key is None or key not in fh:
-                    raise ValueError(f"{str(path)!r}: choose the dataset with --key; datasets here: {names}")
-                arr = fh[key][()]
-    except (ValueError, OSError) as err:
-        raise ValueError(f"cannot read {str(path)!r}: {err}") from None
-    arr = np.asarray(arr)
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"{str(path)!r} holds {arr.dtype} data; expected real numbers")
-    return arr.astype(np.float64)
+                    raise ValueError(f"{path}: holds {len(names) or 'no'} datasets {names}; choose one with --key")
+            elif key not in fh:
+                raise ValueError(f"{path}: has no dataset {key!r}; datasets in the file: {names}")
+            elif not isinstance(fh[key], h5py.Dataset):
+                raise ValueError(f"{path}: {key!r} is a group, not a dataset; datasets in the file: {names}")
+            return fh[key][()]
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file, truncated or corrupted ({error})") from None
 
 
-def write_array(path: str | os.PathLike, x: np.ndarray) -> Path:
-    """Write a reconstruction atomically; PNG is clipped to [0, 1] and 16 bit (one image only)."""
-    from .models._io import atomic_write
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
+
+def check_output(path: str | os.PathLike, *, inputs=(), overwrite: bool = False) -> Path:
+    """Refuse an output path before any work: an unknown extension, one of ``inputs``, or an existing file
+    unless ``overwrite``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in WRITABLE:
         raise ValueError(f"cannot write {str(path)!r}: unknown extension {suffix!r}; use one of {WRITABLE}")
+    for read in inputs:
+        if _same_file(path, Path(read)):
+            raise ValueError(f"--out {path} is the input {read}; write the reconstruction to another file")
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--out {path} already exists; pass --overwrite to replace it (the whole file)")
+    return path
+
+
+def _write_file(path: Path, write, *, overwrite: bool) -> Path:
+    """Write through ``write(tmp)`` atomically; without ``overwrite`` the file appears only where none is."""
+    from .models._io import atomic_write
+
+    if overwrite:
+        return atomic_write(path, write)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    os.close(fd)
+    try:
+        atomic_write(staged, write)  # complete and on disk under a name of its own
+        try:
+            os.link(staged, path)  # atomic, and never replaces: fails if a file appeared at `path` meanwhile
+        except FileExistsError:
+            raise FileExistsError(f"--out {path} appeared while reconstructing (another process wrote it); "
+                                  "pass --overwrite to replace it") from None
+        except OSError:  # a filesystem without hard links
+            if path.exists():
+                raise FileExistsError(f"--out {path} appeared while reconstructing; pass --overwrite") from None
+            os.replace(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+    return path
+
+
+def write_array(path: str | os.PathLike, x: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write a reconstruction atomically; PNG is clipped to [0, 1] and 16 bit (one image only).
+
+    An existing file is refused unless ``overwrite`` (which replaces the whole file, an .h5 too).
+    """
+    path = check_output(path, overwrite=overwrite)
+    suffix = path.suffix.lower()
     if suffix == ".png":
         img = np.squeeze(x)
         if img.ndim != 2:
@@ -124,7 +224,7 @@ def write_array(path: str | os.PathLike, x: np.ndarray) -> Path:
 
             with h5py.File(tmp, "w") as fh:
                 fh.create_dataset("x", data=x)
-    return atomic_write(path, write)
+    return _write_file(path, write, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------- operator
@@ -137,8 +237,6 @@ def _operator_params(args) -> dict:
 
 
 def _build_operator(args):
-    from .operators import make_operator
-
     params = _operator_params(args)
     if args.operator in ("ct", "blur"):
         params.setdefault("image_size", 128)
@@ -146,7 +244,7 @@ def _build_operator(args):
         raise ValueError("--operator ct needs --angles N (or --param angles=[...])")
     if args.operator == "blur" and "sigma" not in params and "kernel" not in params:
         raise ValueError("--operator blur needs --sigma S (or --param kernel=[[...]])")
-    return make_operator(args.operator, **params)
+    return build_operator(args.operator, params)
 
 
 def _as_batch(y: np.ndarray, op):
@@ -177,66 +275,91 @@ def _as_batch(y: np.ndarray, op):
 
 
 # ---------------------------------------------------------------------------------------------- run
+def _method_kind(method: str) -> str:
+    """A baseline's name, "model" (a learned model) or "universal"; raises for an unknown method."""
+    from .models import list_models
+    from .models._io import RIDGE_FORMAT, file_format
+    from .models._pretrained import PRETRAINED, _resolve
+
+    if method in BASELINES:
+        return method
+    if method not in PRETRAINED and not Path(method).exists():
+        raise ValueError(f"unknown method {method!r}: not a baseline ({', '.join(BASELINES)}), a pretrained "
+                         f"model ({', '.join(list_models()) or 'none installed'}) or an existing model file")
+    return "universal" if file_format(_resolve(method)) == RIDGE_FORMAT else "model"
+
+
+def _refuse_unused_options(args, kind: str) -> None:
+    """An option the method would ignore is an error, so that nothing given is silently dropped."""
+    name = {"model": f"{args.method} (a learned model)", "universal": f"{args.method} (the universal regulariser)"}
+    for flag, (attr, users, what) in METHOD_OPTIONS.items():
+        if getattr(args, attr) is not None and kind not in users:
+            raise ValueError(f"{flag} does not apply to --method {name.get(kind, kind)}: it sets {what}; leave it out")
+    if not args.operator:
+        given = [flag for flag, attr in OPERATOR_OPTIONS if getattr(args, attr)]
+        if given:
+            raise ValueError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} an operator: give "
+                             "--operator NAME with them (with a model, its operator is then checked against it)")
+
+
 def run(args) -> int:
     import torch
 
-    from .models import list_models, load_model
-    from .models._pretrained import PRETRAINED
+    from .models import load_model
+    from .training._loop import resolve_device
 
     method = args.method
-    if method in BASELINES:
+    kind = _method_kind(method)
+    _refuse_unused_options(args, kind)
+    device = resolve_device(args.device)
+    inputs = [args.input] + ([method] if Path(method).exists() else [])
+    check_output(args.out, inputs=inputs, overwrite=args.overwrite)
+    if kind in BASELINES:
         if not args.operator:
             raise ValueError(f"--method {method} needs --operator (e.g. --operator ct --angles 30)")
         op = _build_operator(args)
+    elif kind == "universal":
+        if not args.operator:
+            raise ValueError(f"--method {method} serves any operator: pass --operator NAME (ct, blur, a plugin's) "
+                             "with its parameters")
+        op = _build_operator(args)
+        model = load_model(method, operator=op, preset=args.preset, noise_level=args.noise_level)
     else:
-        if method not in PRETRAINED and not Path(method).exists():
-            raise ValueError(f"unknown method {method!r}: not a baseline ({', '.join(BASELINES)}), a pretrained "
-                             f"model ({', '.join(list_models()) or 'none installed'}) or an existing model file")
-        from .models._io import RIDGE_FORMAT, file_format
-        from .models._pretrained import _resolve
-
-        universal = file_format(_resolve(method)) == RIDGE_FORMAT  # a universal regulariser: any operator
-        if universal:
-            if not args.operator:
-                raise ValueError(f"--method {method} serves any operator: pass --operator NAME (ct, blur, a plugin's) "
-                                 "with its parameters")
-            op = _build_operator(args)
-            model = load_model(method, operator=op, preset=args.preset, noise_level=args.noise_level)
-        else:
-            if args.preset is not None:
-                raise ValueError(f"--preset applies to the universal regulariser, not to {method!r}")
-            model = load_model(method)
-            op = model.operator
-        if args.operator and not universal:
+        model = load_model(method)
+        op = model.operator
+        if args.operator:
             asked = _build_operator(args)
             if asked.config() != op.config():
                 raise ValueError(f"the model {method!r} was trained for {op!r}, not for {asked!r}; leave --operator "
                                  "out to use the model's own operator, or pick a model for this operator")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    y = _as_batch(read_array(args.input, args.key), op).to(device)
+    array, scaling = read_array(args.input, args.key)
+    y = _as_batch(array, op)
+    check_image_memory(getattr(op, "image_size", None), batch=int(y.shape[0]))
+    y = y.to(device)
     with torch.no_grad():
         if method == "fbp":
             from .baselines import fbp
 
-            x = fbp(y, op, filter=args.filter)
-            note = {"method": "fbp", "filter": args.filter}
+            filt = args.filter or "ramp"
+            x = fbp(y, op, filter=filt)
+            note = {"method": "fbp", "filter": filt}
         elif method == "tikhonov":
             from .baselines import choose_alpha, tikhonov
 
-            if args.alpha == "auto":
+            regularizer = args.regularizer or "identity"
+            if args.alpha in (None, "auto"):
                 rule = "discrepancy" if args.noise_level is not None else "gcv"
-                alpha = choose_alpha(y, op, noise_level=args.noise_level, rule=rule, regularizer=args.regularizer)
+                alpha = choose_alpha(y, op, noise_level=args.noise_level, rule=rule, regularizer=regularizer)
             else:
                 alpha = _float(args.alpha, "--alpha")
-            x = tikhonov(y, op, alpha, regularizer=args.regularizer)
+            x = tikhonov(y, op, alpha, regularizer=regularizer)
             note = {"method": "tikhonov",
                     "alpha": [alpha] if isinstance(alpha, float) else torch.as_tensor(alpha).flatten().tolist(),
-                    "regularizer": args.regularizer}
+                    "regularizer": regularizer}
         elif method == "tv":
             from .baselines import tv
 
-            lam = 1e-3 if args.alpha == "auto" else _float(args.alpha, "--alpha")
+            lam = 1e-3 if args.alpha in (None, "auto") else _float(args.alpha, "--alpha")
             x = tv(y, op, lam)
             note = {"method": "tv", "lambda": lam}
         else:
@@ -247,9 +370,11 @@ def run(args) -> int:
                 cert = model.certificate()
                 note.update(model.parameters_dict(), additive=cert.additive,
                             iterations=model.last_solve.iterations)
+    if scaling is not None:
+        note["input_scaling"] = scaling
     out = x.detach().cpu().numpy()
     out = out[0, 0] if out.shape[:2] == (1, 1) else out
-    path = write_array(args.out, out)
+    path = write_array(args.out, out, overwrite=args.overwrite)
     print(json.dumps({"out": str(path.resolve()), "shape": list(out.shape), **note}))
     return 0
 

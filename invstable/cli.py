@@ -72,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ModelFileError, DatasetFileError, FileNotFoundError, ValueError, TypeError, KeyError) as err:
-        # one clear line for the user's mistakes; real bugs (other exceptions) keep their traceback
+    except (ModelFileError, DatasetFileError, OSError, ValueError, TypeError, KeyError) as err:
+        # one clear line for the user's mistakes and the machine's limits (a missing or existing file, a full
+        # disk, a refused allocation); real bugs (other exceptions) keep their traceback
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"invstable {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError as err:  # an allocation no estimate foresaw: say so in one line, with numpy's figure
+        print(f"invstable {args.command}: error: not enough memory ({err or 'no detail'}); use smaller inputs",
+              file=sys.stderr)
         return 2
 
 

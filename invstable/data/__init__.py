@@ -14,6 +14,7 @@ from ._images import TEST_IMAGES as TEST_IMAGES
 from ._images import TRAIN_IMAGES as TRAIN_IMAGES
 from ._images import ImageCrops as ImageCrops
 from ._images import bundled_image as bundled_image
+from ._memory import InsufficientMemoryError as InsufficientMemoryError
 from ._paired import Noise as Noise
 from ._paired import PairedDataset as PairedDataset
 from ._phantoms import EllipsePhantoms as EllipsePhantoms

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ..operators import config_summary
-from ._folder import ImageReadError
 from ._hdf5 import DatasetFileError, check_dataset, dataset_info, make_dataset
 from ._paired import Noise, PairedDataset
+from ._params import check_parameters
 from ._sources import SOURCES, make_source
 from ._tasks import SPLITS, TASKS, task
 
@@ -30,6 +31,48 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except ValueError:
         return key, value  # a bare string
+
+
+#: float64 copies of an image that simulating or reconstructing it holds at once (iterates, gradients, the
+#: operator's buffers): the floor of the memory estimate made before an operator is built from a command line.
+IMAGE_COPIES = 16
+
+
+def check_image_memory(image_size, *, batch: int = 1) -> None:
+    """Refuse images of ``image_size`` (an int or (H, W); anything else is not checked) whose ``IMAGE_COPIES``
+    float64 copies, ``batch`` of them, would not fit in the available memory (:class:`InsufficientMemoryError`)."""
+    from ._memory import check_memory
+
+    hw = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    if len(hw) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in hw):
+        return
+    h, w = int(hw[0]), int(hw[1])
+    what = (f"simulating or reconstructing {h} x {w} images" if batch == 1
+            else f"reconstructing a batch of {batch} images of {h} x {w}")
+    check_memory(IMAGE_COPIES * 8 * batch * h * w, f"{what} ({IMAGE_COPIES} float64 copies of each)",
+                 hint="use a smaller image size" + (" or a smaller batch" if batch > 1 else ""))
+
+
+def build_operator(name: str, params: dict, *, flag: str = "--param"):
+    """``make_operator(name, **params)`` for a command: parameters checked against the operator's, memory estimated.
+
+    Raises
+    ------
+    ValueError
+        For an unknown operator (listing the registered ones) or an unknown / missing parameter (listing those the
+        operator takes).
+    InsufficientMemoryError
+        If images of the requested ``image_size`` cannot be held (``IMAGE_COPIES`` float64 copies), before anything
+        is allocated.
+    """
+    from ..operators import available_operators, make_operator
+    from ..operators._registry import _REGISTRY
+
+    if name not in available_operators():
+        return make_operator(name, **params)  # its error lists the registered names
+    check_parameters(f"operator {name!r}", params, _REGISTRY[name].factory, flag=flag)
+    check_image_memory(params.get("image_size"))
+    return make_operator(name, **params)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,7 +91,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     make.add_argument("--split", choices=SPLITS, help="split of a protocol task (required for protocol tasks)")
     make.add_argument("--count", type=int, help="number of pairs (training split and custom sources; default: all)")
     make.add_argument("--seed", type=int, help="seed of the training split (protocol tasks; default 0)")
-    make.add_argument("--out", required=True, help="the HDF5 file to write")
+    make.add_argument("--out", required=True, help="the HDF5 file to write (missing folders are created; an existing "
+                                                   "file is refused unless --overwrite; one make at a time per file)")
     make.add_argument("--overwrite", action="store_true", help="replace an existing file")
     make.add_argument("--no-resume", action="store_true", help="start over even if an interrupted make left a partial file")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,7 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="operator parameter, VALUE read as JSON (repeatable), e.g. --param image_size=64")
     custom.add_argument("--noise-level", type=float, help="noise standard deviation (or ratio with --relative-noise)")
     custom.add_argument("--relative-noise", action="store_true", help="std = level * mean |A x| of each sample")
-    custom.add_argument("--noise-seed", type=int, default=0, help="seed of the noise (default 0)")
+    custom.add_argument("--noise-seed", type=int, help="seed of the noise (default 0)")
     custom.add_argument("--source", choices=sorted(SOURCES), help="image source")
     custom.add_argument("--source-param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                         help="source parameter, VALUE read as JSON (repeatable), e.g. --source-param size=64; "
@@ -83,28 +127,29 @@ def _error(command: str, message: str) -> int:
 
 
 def _pairs_from_args(args) -> tuple[PairedDataset, int | None, str | None]:
+    custom = (("--operator", args.operator), ("--noise-level", args.noise_level), ("--source", args.source),
+              ("--param", args.param or None), ("--source-param", args.source_param or None),
+              ("--relative-noise", args.relative_noise or None), ("--noise-seed", args.noise_seed))
     if args.task == CUSTOM:
-        missing = [flag for flag, value in (("--operator", args.operator), ("--noise-level", args.noise_level),
-                                            ("--source", args.source)) if value is None]
+        missing = [flag for flag, value in custom[:3] if value is None]
         if missing:
             raise ValueError(f"--task custom needs {', '.join(missing)}")
         if args.seed is not None:
             raise ValueError("--seed is for protocol tasks; give a custom source its seed with --source-param seed=S")
-        from ..operators import make_operator
-
-        operator = make_operator(args.operator, **dict(args.param))
         params = dict(args.source_param)
         if args.count is not None and args.source in ("ellipses", "crops"):
             params.setdefault("count", args.count)
-        source = make_source({"name": args.source, "params": params})
+        source = make_source({"name": args.source, "params": params}, flag="--source-param")
+        operator = build_operator(args.operator, dict(args.param))
         noise = Noise(args.noise_level, relative=args.relative_noise)
-        return PairedDataset(source, operator, noise, seed=args.noise_seed), args.count, args.split
+        seed = 0 if args.noise_seed is None else args.noise_seed
+        return PairedDataset(source, operator, noise, seed=seed), args.count, args.split
     if args.split is None:
         raise ValueError(f"--task {args.task} needs --split ({', '.join(SPLITS)})")
-    stray = [f for f, v in (("--operator", args.operator), ("--noise-level", args.noise_level),
-                            ("--source", args.source)) if v is not None]
+    stray = [flag for flag, value in custom if value is not None]
     if stray:
-        raise ValueError(f"{', '.join(stray)} only apply to --task custom; protocol tasks fix them")
+        raise ValueError(f"{', '.join(stray)} only applies to --task custom; protocol tasks fix the operator, "
+                         "the noise and the source")
     t = task(args.task)
     if args.split == "train":
         pairs = t.pairs("train", count=args.count, seed=args.seed)
@@ -118,9 +163,10 @@ def _pairs_from_args(args) -> tuple[PairedDataset, int | None, str | None]:
 def _make(args) -> int:
     try:
         pairs, count, split = _pairs_from_args(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result = make_dataset(args.out, pairs, count=count, task=args.task, split=split,
                               resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, ImageReadError) as error:
+    except (ValueError, TypeError, OSError) as error:  # DatasetFileError, ImageReadError, not enough memory too
         return _error("make", str(error))
     resumed = f", resumed at {result.resumed_from}" if result.resumed_from else ""
     print(f"{result.path}: {result.count} pairs{resumed}, sha256 {result.checksum}")

@@ -60,13 +60,10 @@ def to_unit_float(array: np.ndarray, *, channels: str = "gray", rescale: bool = 
         raise ImageReadError(what, f"shape {a.shape} is not (H, W) or (H, W, C) with C in 1..4")
     if a.ndim not in (2, 3) or min(a.shape[:2]) < 1:
         raise ImageReadError(what, f"shape {a.shape} is not (H, W) or (H, W, C) with C in 1..4")
-    if a.dtype == bool:
-        a = a.astype(np.float64)
-    elif np.issubdtype(a.dtype, np.integer):
-        info = np.iinfo(a.dtype)
-        if info.min < 0 and a.min() < 0:
+    if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.signedinteger) and a.min() < 0:
             raise ImageReadError(what, f"signed integer image with negative values (min {a.min()})")
-        a = a.astype(np.float64) / info.max
+        a, _ = scale_integers(a)
     elif np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float64)
         if not np.isfinite(a).all():
@@ -89,16 +86,83 @@ def to_unit_float(array: np.ndarray, *, channels: str = "gray", rescale: bool = 
     return torch.from_numpy(np.ascontiguousarray(np.clip(a, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32))
 
 
-def _read_file(path: Path) -> np.ndarray:
-    suffix = path.suffix.lower()
-    try:
-        if suffix in ARRAY_SUFFIXES:
-            return np.load(path, allow_pickle=False)
-        import imageio.v3 as iio
+#: The first bytes of each readable file format (HDF5 files are checked by h5py).
+SIGNATURES = {
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".tif": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".npy": (b"\x93NUMPY",),
+}
 
-        return iio.imread(path)
-    except Exception as error:  # every reader failure becomes a named error
-        raise ImageReadError(path, f"cannot be read as {suffix[1:].upper()} ({type(error).__name__}: {error})") from None
+
+def scale_integers(array: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Apply invstable's one rule for integer data, whatever the file format.
+
+    Integer arrays are divided by the largest value of their dtype (uint8 by 255, uint16 by 65535,
+    int16 by 32767, ...), booleans map to {0, 1}; float arrays are returned as they are.
+
+    Returns
+    -------
+    (numpy.ndarray, str or None)
+        The float64 (or untouched float) array and a note saying what was done (``None`` for floats).
+    """
+    a = np.asarray(array)
+    if a.dtype == bool:
+        return a.astype(np.float64), "bool mapped to {0, 1}"
+    if np.issubdtype(a.dtype, np.integer):
+        top = np.iinfo(a.dtype).max
+        return a.astype(np.float64) / top, f"{a.dtype} divided by {top}"
+    return a, None
+
+
+def read_array_file(path) -> np.ndarray:
+    """The array in an image or .npy file, as stored (no scaling); every failure is an :class:`ImageReadError`.
+
+    .npy files are read with ``numpy.load(allow_pickle=False)``, .tif/.tiff with tifffile, .png and
+    .jpg/.jpeg with imageio. The file is opened and closed here, also when it cannot be decoded, and its
+    first bytes are checked against the format its name claims before a decoder sees it.
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, empty, not of the format its extension names, or cannot be decoded.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SIGNATURES:
+        raise ImageReadError(path, f"unknown extension {suffix!r}; readable are {', '.join(SIGNATURES)}")
+    kind = suffix[1:].upper()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            if not head:
+                raise ImageReadError(path, f"cannot be read as {kind}: the file is empty (0 bytes)")
+            if not head.startswith(SIGNATURES[suffix]):
+                text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+                raise ImageReadError(
+                    path, f"cannot be read as {kind}: not a {kind} file (it starts with {head[:8]!r}"
+                          f"{', a text file' if text else ''}); check the file or its extension")
+            fh.seek(0)
+            if suffix == ".npy":
+                return np.load(fh, allow_pickle=False)
+            if suffix in (".tif", ".tiff"):
+                import tifffile
+
+                return tifffile.imread(fh)
+            import imageio.v3 as iio
+
+            return iio.imread(fh.read(), extension=suffix)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a folder, not a file") from None
+    except Exception as error:  # every decoder failure becomes a named error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ImageReadError(path, f"cannot be read as {kind} ({type(error).__name__}: {first})") from None
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -151,7 +215,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         path = self.files[_check_index(index, len(self.files), type(self).__name__)]
-        return to_unit_float(_read_file(path), channels=self.channels, rescale=self.rescale, what=str(path))
+        return to_unit_float(read_array_file(path), channels=self.channels, rescale=self.rescale, what=str(path))
 
     def check(self) -> None:
         """Read every file; raise one :class:`ImageReadError` listing every bad file by name."""

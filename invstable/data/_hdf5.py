@@ -17,6 +17,7 @@ file is executed: the metadata is JSON, the arrays are plain numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,7 +39,8 @@ BLOCK = 16  # samples written between two flushes of the progress counter
 
 
 class DatasetFileError(ValueError):
-    """A dataset file is missing, unreadable, incomplete or does not match what it claims.
+    """A dataset file is missing, unreadable, incomplete, being written by another make, or does not match what
+    it claims.
 
     The message starts with the file name; ``path`` and ``problem`` hold the two parts.
     """
@@ -81,6 +83,77 @@ def partial_path(out) -> Path:
     """The temporary name :func:`make_dataset` writes to before renaming to ``out``."""
     out = Path(out)
     return out.with_name(f".{out.name}.partial")
+
+
+def lock_path(out) -> Path:
+    """The lock file a :func:`make_dataset` to ``out`` holds while it writes (``.<name>.lock`` beside it)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextlib.contextmanager
+def _writer_lock(out: Path):
+    """Hold the exclusive lock of the writer of ``out``, or raise :class:`DatasetFileError` naming its holder.
+
+    The lock is an ``fcntl.flock`` on :func:`lock_path`, so the kernel releases it when its holder dies (a killed
+    make leaves no stale lock). The file is removed on release; a taker checks that the file it locked is still the
+    one at the path, so a lock file removed in between is never taken by two writers.
+    """
+    import fcntl
+
+    path = lock_path(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            raise DatasetFileError(
+                out, f"another make is writing this file now (process {holder or '?'}, lock {path.name}); wait for "
+                     "it to finish, or write to another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:  # the previous holder removed it between our open and our lock
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some filesystems cannot fsync a folder; the rename is still atomic
+        pass
+
+
+def _input_files(config) -> list[Path]:
+    """The files a source reads, from its ``config()`` (the ``path`` of every part)."""
+    found = []
+    if isinstance(config, dict):
+        params = config.get("params", {})
+        if isinstance(params, dict):
+            if isinstance(params.get("path"), str):
+                found.append(Path(params["path"]))
+            for part in params.get("parts", []) or []:
+                found += _input_files(part)
+    return found
 
 
 def _meta_for(pairs: PairedDataset, count: int, task, split) -> dict:
@@ -166,12 +239,23 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
     ------
     FileExistsError
         If ``out`` exists and ``overwrite`` is false.
+    FileNotFoundError
+        If the folder of ``out`` does not exist.
+    DatasetFileError
+        If another make is writing ``out`` now (it holds the lock), or writing fails (a full disk: the
+        partial file is kept for a resume).
     ValueError
-        If ``count`` is out of range, the operator / source cannot be described, or
-        ``pairs.fixed_noise`` is false (a file holds one noise draw per pair).
+        If ``count`` is out of range, the operator / source cannot be described,
+        ``pairs.fixed_noise`` is false (a file holds one noise draw per pair), or ``out`` is a file the
+        source reads.
 
     Notes
     -----
+    One make at a time writes to ``out``: it holds an exclusive lock (``fcntl.flock`` on ``.<name>.lock``
+    beside ``out``, released by the kernel if the make is killed) from before it looks at ``out`` until after
+    the rename, and a second make to the same ``out`` is refused at once. Before the rename the finished file
+    is read back and its checksum verified, so a returned result always describes a complete file.
+
     Samples are written to the temporary file in blocks; after each block the number of
     samples written is stored. The file is renamed to ``out`` (``os.replace``) only after the
     content checksum is stored and the data are flushed to disk, so a killed make never leaves
@@ -190,57 +274,61 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
     count = len(pairs) if count is None else count
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(pairs):
         raise ValueError(f"count must be an int in [1, {len(pairs)}] (the size of the source), got {count!r}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: folder does not exist; create it first")
-    meta = _meta_for(pairs, count, task, split)
-    tmp = partial_path(out)
-    f, start = None, 0
-    if tmp.exists() and resume:
-        f, start = _try_resume(tmp, meta)
-        if f is None:
-            import warnings
+    source_config = pairs.source.config() if hasattr(pairs.source, "config") else None
+    for read in _input_files(source_config):
+        if read.resolve() == out.resolve() or (read.exists() and out.exists() and os.path.samefile(read, out)):
+            raise ValueError(f"{out}: is the file the source reads ({read}); write the dataset to another file")
+    with _writer_lock(out):
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
+        meta = _meta_for(pairs, count, task, split)
+        tmp = partial_path(out)
+        f, start = None, 0
+        if tmp.exists() and resume:
+            f, start = _try_resume(tmp, meta)
+            if f is None:
+                import warnings
 
-            warnings.warn(f"{tmp}: cannot resume, {start}; starting over", stacklevel=2)
-            start = 0
-    if f is None:
-        tmp.unlink(missing_ok=True)
-        f = _create(tmp, meta)
-    resumed_from = start
-    try:
-        with tqdm(total=count, initial=start, disable=not progress, desc=out.name, unit="pair") as bar:
-            for lo in range(start, count, BLOCK):
-                hi = min(lo + BLOCK, count)
-                for i in range(lo, hi):
-                    x, y, sigma = pairs.sample(i)
-                    x, y, sigma = x.numpy(), y.numpy(), float(sigma)
-                    if list(x.shape) != meta["x_shape"] or list(y.shape) != meta["y_shape"]:
-                        raise ValueError(f"sample {i} has shapes {x.shape}, {y.shape}, not those of sample 0 "
-                                         f"{meta['x_shape']}, {meta['y_shape']}; give a source of equal-size images")
-                    f["x"][i], f["y"][i], f["sigma"][i] = x, y, sigma
-                    f["digest"][i] = _sample_digest(x, y, sigma)
-                f.attrs["n_written"] = hi
-                f.flush()
-                bar.update(hi - lo)
-        checksum = _content_checksum(meta, f["digest"][:])
-        f.attrs["checksum"] = checksum
-        f.attrs["invstable_version"] = __version__
-        f.attrs["complete"] = True
-        f.flush()
-    finally:
-        f.close()
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, out)
-    try:
-        dir_fd = os.open(out.parent, os.O_RDONLY)
+                warnings.warn(f"{tmp}: cannot resume, {start}; starting over", stacklevel=2)
+                start = 0
+        if f is None:
+            tmp.unlink(missing_ok=True)
+            f = _create(tmp, meta)
+        resumed_from = start
         try:
-            os.fsync(dir_fd)
+            with tqdm(total=count, initial=start, disable=not progress, desc=out.name, unit="pair") as bar:
+                for lo in range(start, count, BLOCK):
+                    hi = min(lo + BLOCK, count)
+                    for i in range(lo, hi):
+                        x, y, sigma = pairs.sample(i)
+                        x, y, sigma = x.numpy(), y.numpy(), float(sigma)
+                        if list(x.shape) != meta["x_shape"] or list(y.shape) != meta["y_shape"]:
+                            raise ValueError(f"sample {i} has shapes {x.shape}, {y.shape}, not those of sample 0 "
+                                             f"{meta['x_shape']}, {meta['y_shape']}; give a source of equal-size "
+                                             "images")
+                        f["x"][i], f["y"][i], f["sigma"][i] = x, y, sigma
+                        f["digest"][i] = _sample_digest(x, y, sigma)
+                    f.attrs["n_written"] = hi
+                    f.flush()
+                    bar.update(hi - lo)
+            checksum = _content_checksum(meta, f["digest"][:])
+            f.attrs["checksum"] = checksum
+            f.attrs["invstable_version"] = __version__
+            f.attrs["complete"] = True
+            f.flush()
+        except OSError as error:  # a full disk, a removed folder: the partial file stays for a resume
+            raise DatasetFileError(tmp, f"writing failed ({error}); the samples written so far are kept: fix the "
+                                        "cause and run the same make again to resume") from None
         finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems cannot fsync a folder; the rename is still atomic
-        pass
+            f.close()
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        checked, _ = _open_checked(tmp)  # what is renamed is complete and matches its checksum, as read back
+        checked.close()
+        os.replace(tmp, out)
+        _fsync_folder(out.parent)
     return MakeResult(path=out, count=count, checksum=checksum, resumed_from=resumed_from)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from ._folder import HDF5Images, ImageFolder
 from ._images import ImageCrops
+from ._params import check_parameters
 from ._phantoms import EllipsePhantoms, SheppLogan, _check_index
 
 
@@ -50,14 +51,16 @@ SOURCES = {
 }
 
 
-def make_source(config: dict):
+def make_source(config: dict, *, flag: str | None = None):
     """Rebuild a source from its ``config()`` dictionary ``{"name": ..., "params": {...}}``.
+
+    ``flag`` names where the parameters came from in error messages (``--source-param`` on the command line).
 
     Raises
     ------
     ValueError
-        If the name is not a registered source (the message lists the valid names) or the
-        parameters do not fit it.
+        If the name is not a registered source (the message lists the valid names), or a parameter is
+        unknown or missing (the message lists the parameters the source takes).
     """
     if not isinstance(config, dict) or "name" not in config or "params" not in config:
         raise ValueError(f"a source config is a dict with keys 'name' and 'params', got {config!r}")
@@ -65,10 +68,8 @@ def make_source(config: dict):
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; valid names are {sorted(SOURCES)}")
     if name == "concat":
-        return Concat(*(make_source(p) for p in params["parts"]))
+        return Concat(*(make_source(p, flag=flag) for p in params["parts"]))
+    check_parameters(f"source {name!r}", params, SOURCES[name], flag=flag)
     positional = {"ellipses": "size", "shepp-logan": "size", "crops": "images", "folder": "root", "hdf5-images": "path"}[name]
-    try:
-        first = params.pop(positional)
-        return SOURCES[name](first, **params)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"source {name!r}: parameters {config['params']!r} do not fit ({error})") from None
+    first = params.pop(positional)
+    return SOURCES[name](first, **params)
