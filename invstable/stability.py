@@ -8,8 +8,11 @@ Adam on the perturbation, several random starts, the worst kept.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Callable
 
+import numpy as np
 import torch
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
@@ -47,19 +50,48 @@ def _project(d: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     return d * _view(torch.clamp(radius / n, max=1.0), d)
 
 
-def _check(y, eta, steps, restarts):
-    if not isinstance(y, torch.Tensor) or y.ndim < 2:
-        raise ValueError(f"y must be a batched tensor (B, ...), got {getattr(y, 'shape', type(y))}")
-    if not (isinstance(eta, (int, float)) and eta > 0):
-        raise ValueError(f"eta must be a positive number (relative to ||y||), got {eta!r}")
+def _check(y, eta, steps, restarts, *, eta_name: str = "eta", lr: float = 0.05) -> None:
+    """Validate the arguments of the searches; every message names what was received and what to pass."""
+    if isinstance(y, np.ndarray):
+        raise TypeError(
+            f"y must be a torch.Tensor, got a numpy array of shape {y.shape}; convert it with "
+            f"torch.from_numpy(y) (the searches differentiate the reconstructor, so they work on tensors)"
+        )
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a batched torch.Tensor (B, ...), got {type(y).__name__}")
+    if y.ndim < 2:
+        raise ValueError(f"y must be a batched tensor (B, ...), got shape {tuple(y.shape)}; add the batch axis, "
+                         f"e.g. y[None]")
+    if y.is_complex() or not y.is_floating_point():
+        raise TypeError(f"y has dtype {y.dtype}; the searches need real floating-point measurements, e.g. y.float()")
+    finite = torch.isfinite(y.detach()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"y contains NaN or Inf in sample(s) {_which(~finite)}; clean or drop them")
+    zero = y.detach().flatten(1).norm(dim=1) == 0
+    if bool(zero.any()):
+        raise ValueError(
+            f"sample(s) {_which(zero)} of y are all zeros: the perturbations are relative ({eta_name} * ||y_i||), so "
+            f"there is nothing to perturb there; drop those samples or pass non-zero measurements"
+        )
+    if isinstance(eta, bool) or not (isinstance(eta, numbers.Real) and math.isfinite(eta) and eta > 0):
+        raise ValueError(f"{eta_name} must be a finite number > 0 (relative to ||y||), got {eta!r}")
     for name, v in (("steps", steps), ("restarts", restarts)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0 (a step relative to the radius), got {lr!r}")
+
+
+def _which(mask: torch.Tensor) -> str:
+    index = torch.nonzero(mask).flatten().tolist()
+    return ", ".join(map(str, index[:10])) + (f" (and {len(index) - 10} more)" if len(index) > 10 else "")
 
 
 def random_perturbation(y: torch.Tensor, eta: float, *, seed: int = 0) -> torch.Tensor:
     """Gaussian perturbation scaled to norm ``eta ||y_i||`` for each sample."""
     _check(y, eta, 1, 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     d = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
     return d * _view(eta * _norm(y) / _norm(d), d)
@@ -74,11 +106,20 @@ def adversarial_perturbation(reconstruct: Reconstructor, y: torch.Tensor, eta: f
     ground truth) over :math:`\|\delta_i\| \le \eta \|y_i\|`, from ``restarts`` random starts on the sphere,
     ``steps`` Adam steps each (step ``lr`` relative to the radius), keeping the worst per sample.
     """
-    _check(y, eta, steps, restarts)
+    _check(y, eta, steps, restarts, lr=lr)
     y = y.detach()
-    radius = eta * _norm(y)
+    if y.shape[0] == 0:  # an empty batch: nothing to search
+        empty = y.new_zeros(0)
+        return AttackResult(y.clone(), empty, empty.clone())
     with torch.no_grad():
         base = reconstruct(y)
+    if target is not None:
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != tuple(base.shape):
+            raise ValueError(
+                f"target must be a tensor of the reconstruction's shape {tuple(base.shape)}, got "
+                f"{tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__}"
+            )
+    radius = eta * _norm(y)
     ref = base if target is None else target.detach()
     best_obj = torch.full((y.shape[0],), -1.0, device=y.device, dtype=y.dtype)
     best_delta = torch.zeros_like(y)
@@ -113,8 +154,10 @@ def lipschitz_search(reconstruct: Reconstructor, y: torch.Tensor, *, radius: flo
     Adam ascends the ratio itself from ``restarts`` random starts. A lower bound on the local Lipschitz
     constant, to hold a certified bound against: a certificate below it is wrong.
     """
-    _check(y, radius, steps, restarts)
+    _check(y, radius, steps, restarts, eta_name="radius", lr=lr)
     y = y.detach()
+    if y.shape[0] == 0:  # an empty batch: nothing to search
+        return y.new_zeros(0)
     rad = radius * _norm(y)
     best = torch.zeros(y.shape[0], device=y.device, dtype=y.dtype)
     for r in range(restarts):

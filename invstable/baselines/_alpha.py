@@ -64,6 +64,9 @@ def choose_alpha(y, op, *, noise_level=None, rule: str = "discrepancy", regulari
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if rule == "discrepancy" and noise_level is None:
+        raise ValueError("the discrepancy principle needs noise_level, the standard deviation of the noise; "
+                         "without it use rule='gcv'")
     if not (tau > 0) or isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1 \
             or isinstance(grid, bool) or not isinstance(grid, int) or grid < 3:
         raise ValueError(f"need tau > 0, n_probes >= 1 and grid >= 3, got tau={tau!r}, n_probes={n_probes!r}, "
@@ -74,7 +77,9 @@ def choose_alpha(y, op, *, noise_level=None, rule: str = "discrepancy", regulari
     t, _ = as_measurement(y, op)
     batch = t.shape[0]
     with torch.no_grad():
-        if rule == "discrepancy":
+        if batch == 0:  # nothing to choose for an empty batch (GCV would still solve for its trace probes)
+            alpha = t.new_zeros(0)
+        elif rule == "discrepancy":
             alpha = _discrepancy(t, op, noise_level, regularizer, tau, lo, hi, tol, max_iter)
         else:
             alpha = _gcv(t, op, regularizer, lo, hi, tol, max_iter, n_probes, grid, rng)
@@ -86,10 +91,12 @@ def choose_alpha(y, op, *, noise_level=None, rule: str = "discrepancy", regulari
 
 
 def _discrepancy(t, op, noise_level, regularizer, tau, lo, hi, tol, max_iter):
-    if noise_level is None:
-        raise ValueError("the discrepancy principle needs noise_level, the standard deviation of the noise; "
-                         "without it use rule='gcv'")
-    sigma = torch.as_tensor(np.asarray(noise_level, dtype=np.float64)).to(t.device, torch.float64).reshape(-1)
+    try:
+        sigma = torch.as_tensor(np.asarray(noise_level.detach().cpu() if isinstance(noise_level, torch.Tensor)
+                                           else noise_level, dtype=np.float64)).to(t.device, torch.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"noise_level must be a real number >= 0 or one per sample ({t.shape[0]}), got "
+                         f"{noise_level!r}") from None
     if sigma.numel() not in (1, t.shape[0]) or not bool(torch.isfinite(sigma).all()) or not bool((sigma >= 0).all()):
         raise ValueError(f"noise_level must be >= 0, one value or one per sample ({t.shape[0]}), got {noise_level!r}")
     m = math.prod(t.shape[1:])  # entries per measurement (also for an empty batch)

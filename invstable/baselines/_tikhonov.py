@@ -148,19 +148,25 @@ def largest_eigenvalue(matvec, size: int, *, max_iter: int = 100, rtol: float = 
     return previous
 
 
+class _Holder:
+    """Where a solve leaves its :class:`SolveInfo`."""
+
+    info: SolveInfo | None = None
+
+
 class _NormalSolve(torch.autograd.Function):
     """``b -> (A^T A + alpha L^T L)^{-1} b``, the inner solve of Tikhonov, for every torch transform.
 
     The normal matrix is symmetric, so the backward pass and the forward-mode derivative are the same solve of
     the incoming vector (implicit differentiation, no unrolled CG; differentiable again); under ``torch.vmap``
-    the mapped axis joins the batch of the solve, which is per sample anyway. ``holder["info"]`` receives the
-    :class:`SolveInfo` of the forward solve.
+    the mapped axis joins the batch of the solve, which is per sample anyway. ``holder.info`` receives the
+    :class:`SolveInfo` of the forward solve (an object, not a dict: torch.func would copy a dict).
     """
 
     @staticmethod
     def forward(b, solver, x0, holder):
         x, info = solver.solve(None, x0=x0, adjoint_rhs=b)
-        holder["info"] = info
+        holder.info = info
         return x
 
     @staticmethod
@@ -169,11 +175,11 @@ class _NormalSolve(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _NormalSolve.apply(grad.contiguous(), ctx.solver, None, {}), None, None, None
+        return _NormalSolve.apply(grad.contiguous(), ctx.solver, None, _Holder()), None, None, None
 
     @staticmethod
     def jvp(ctx, b_dot, *_):
-        return _NormalSolve.apply(b_dot, ctx.solver, None, {})
+        return _NormalSolve.apply(b_dot, ctx.solver, None, _Holder())
 
     @staticmethod
     def vmap(info, in_dims, b, solver, x0, holder):
@@ -297,9 +303,9 @@ class Tikhonov:
         b = self.op.A_adjoint(t)  # differentiable in y (and under torch.func) when y is
         with torch.no_grad():
             x0_t = None if x0 is None else as_start(x0, tuple(b.shape), b.dtype)
-        holder = {}
+        holder = _Holder()
         x = _NormalSolve.apply(b, self, x0_t, holder)
-        info = holder["info"]
+        info = holder.info
         if not bool(info.converged.all()):
             worst = float(info.residual.max())
             warnings.warn(

@@ -173,6 +173,7 @@ def power_norm(op, in_shape, *, max_iter: int = 500, rtol: float = 1e-6, dtype=t
     residual ``||A^T A v - lambda v||`` fell below ``rtol * lambda`` (a change of the estimate alone can stall
     on a plateau well below the norm).
     """
+    require_operator(op)
     device = _device_of(op)
     v = torch.randn((1, *in_shape), dtype=dtype, generator=generator).to(device)
     v = v / v.norm()
