@@ -40,12 +40,25 @@ def _run(args) -> int:
     return code
 
 
-def _run_all(args) -> int:
-    _checkout()
-    results = None if args.results_dir is None else Path(args.results_dir)
-    if args.quick and results is None:
+def _check_flags(args) -> None:
+    """Flags that are missing or would be ignored, refused before any benchmark starts."""
+    if args.quick and args.results_dir is None:
         raise ValueError("--quick writes to a scratch folder, never over the published results: pass --results-dir "
                          "DIR (e.g. --results-dir /tmp/invstable-bench)")
+    stability = [flag for flag, value in (("--images", args.images), ("--steps", args.steps),
+                                          ("--restarts", args.restarts)) if value is not None]
+    if stability and "stability" not in args.only:
+        raise ValueError(f"{', '.join(stability)} only apply to the stability benchmark, which --only "
+                         f"{' '.join(args.only)} does not run")
+    if args.resume and not {"quality", "stability"} & set(args.only):
+        raise ValueError("--resume applies to the quality and stability benchmarks, which --only "
+                         f"{' '.join(args.only)} does not run")
+
+
+def _run_all(args) -> int:
+    _check_flags(args)
+    _checkout()
+    results = None if args.results_dir is None else Path(args.results_dir)
     for name in args.only:
         module = importlib.import_module(f"benchmarks.{name}")
         start = time.perf_counter()
@@ -65,6 +78,10 @@ def _run_all(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from .data._tasks import TASKS
+    from .training._cli import integer, output_folder
+
+    positive = integer(1)
     p = sub.add_parser(
         "benchmark", help="run the benchmarks (quality, stability, speed) and regenerate docs/benchmarks.md",
         description="Run the benchmarks of PROTOCOLS.md and write benchmarks/results/<name>.json, the figures and "
@@ -73,16 +90,18 @@ def add_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small size: a few images, short searches, few repeats")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), metavar="NAME",
                    help=f"which benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
-    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", choices=sorted(TASKS),
                    help="protocol tasks (default: each benchmark's own: ct-30 blur-g2, and ct-180 for quality)")
-    p.add_argument("--results-dir", default=None,
-                   help="where the JSON and figures go (default benchmarks/results; required with --quick); the "
-                        "page goes to DIR/benchmarks.md, or docs/benchmarks.md for the default folder")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--images", type=int, default=None,
+    p.add_argument("--results-dir", default=None, type=output_folder,
+                   help="folder where the JSON and figures go, created if missing (default benchmarks/results; "
+                        "required with --quick); the page goes to DIR/benchmarks.md, or docs/benchmarks.md for the "
+                        "default folder")
+    p.add_argument("--threads", type=positive, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--images", type=positive, default=None,
                    help="stability: first N test images (protocol: 20; a smaller N is recorded as below the protocol)")
-    p.add_argument("--steps", type=int, default=None, help="stability: Adam steps per search (protocol: 200)")
-    p.add_argument("--restarts", type=int, default=None, help="stability: random starts per search (protocol: 3)")
+    p.add_argument("--steps", type=positive, default=None, help="stability: Adam steps per search (protocol: 200)")
+    p.add_argument("--restarts", type=positive, default=None,
+                   help="stability: random starts per search (protocol: 3)")
     p.add_argument("--resume", action="store_true",
                    help="quality and stability: keep the tasks (quality) and methods (stability) an earlier run "
                         "measured with the same settings")

@@ -1,9 +1,16 @@
-"""The ``invstable train`` command (also under ``torchrun``: ``torchrun --nproc-per-node 2 -m invstable train ...``)."""
+"""The ``invstable train`` command (also under ``torchrun``: ``torchrun --nproc-per-node 2 -m invstable train ...``).
+
+Every argument is checked when the command line is parsed (numbers in their range, outputs that can be written,
+inputs that exist), and the outputs, the layer options and the data before anything is trained, so that a mistake
+is reported in one line naming the flag instead of a traceback minutes later.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import time
 from pathlib import Path
 
@@ -11,53 +18,156 @@ from ..data._cli import _key_value
 from ..data._tasks import TASKS
 from ..models._unrolled import FAMILIES, INITS
 
+#: layer options the command sets itself (from --seed and --device): not for --option
+_MANAGED_OPTIONS = ("rng", "dtype", "device")
+_DEFAULT_INIT_ALPHA, _DEFAULT_INIT_DEGREE = 0.02, 30
 
+
+# ---------------------------------------------------------------------------------------------- argument types
+def integer(low: int = 1, high: int | None = None):
+    """An argparse ``type``: an int in ``[low, high]``, with a message saying which ints are expected."""
+    want = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    parse.__name__ = want  # argparse names the type by it in its own messages
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False):
+    """An argparse ``type``: a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    if low is not None and high is not None:
+        want = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    elif low is not None:
+        want = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        want = "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        bad_low = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or bad_low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    parse.__name__ = want
+    return parse
+
+
+def output_file(text: str) -> str:
+    """An argparse ``type``: a file to write; its missing folders are created later, but it must not be a folder
+    nor lie under an existing file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give the path of the file to write")
+    _no_file_above(path, text)
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An argparse ``type``: a folder to write into (created if missing); not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    _no_file_above(path, text)
+    return text
+
+
+def existing_file(text: str) -> str:
+    """An argparse ``type``: a file that exists."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist" if not Path(text).exists()
+                                         else f"{text!r} is not a file")
+    return text
+
+
+def _no_file_above(path: Path, text: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"cannot write {text!r}: {str(parent)!r} is a file, not a folder")
+            return
+
+
+POSITIVE = integer(1)
+
+
+# ---------------------------------------------------------------------------------------------- the command
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train a learned unrolled inverse on a protocol task",
         description="Train an unrolled learned inverse (data-consistency steps and stable flows) on a task of "
                     "PROTOCOLS.md by the mean squared error; keeps the best model on the validation split. "
-                    "Checkpoints are written atomically; rerun with --resume after an interruption. Under "
-                    "torchrun each process takes a share of every batch (gloo on CPU, NCCL on GPU).")
+                    "Checkpoints are written atomically; rerun with --resume after an interruption (the checkpoint "
+                    "records the settings, the task, the operator and the data, and a resume with other ones is "
+                    "refused). An existing model or checkpoint is never replaced without --resume or --overwrite; "
+                    "missing folders of --out and --checkpoint are created. Under torchrun each process takes a "
+                    "share of every batch (gloo on CPU, NCCL on GPU).")
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="protocol task (operator, noise, splits)")
-    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--out", required=True, type=output_file,
+                   help="model file to write (.safetensors); its missing folders are created")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over even if --out or the checkpoint exists (replacing them)")
     m = p.add_argument_group("model")
     m.add_argument("--family", default="gradient_flow", choices=sorted(FAMILIES),
                    help="family of the regularising blocks (default: %(default)s)")
-    m.add_argument("--iterations", type=int, default=6, help="unrolled iterations K (default: %(default)s)")
-    m.add_argument("--channels", type=int, default=8, help="width of the state (default: %(default)s)")
-    m.add_argument("--depth", type=int, default=2, help="layers per block at the first level (default: %(default)s)")
-    m.add_argument("--step", type=float, default=1.0, help="layer step h (default: %(default)s)")
-    m.add_argument("--max-step", type=float, default=0.5,
+    m.add_argument("--iterations", type=POSITIVE, default=6, help="unrolled iterations K (default: %(default)s)")
+    m.add_argument("--channels", type=POSITIVE, default=8, help="width of the state (default: %(default)s)")
+    m.add_argument("--depth", type=POSITIVE, default=2, help="layers per block at the first level (default: %(default)s)")
+    m.add_argument("--step", type=number(0, low_open=True), default=1.0, help="layer step h (default: %(default)s)")
+    m.add_argument("--max-step", type=number(0, 1, low_open=True), default=0.5,
                    help="data-consistency step as a fraction of 2/||A||^2 at most (default: %(default)s)")
     m.add_argument("--init", default="tikhonov", choices=INITS, help="first guess (default: %(default)s)")
-    m.add_argument("--init-alpha", type=float, default=0.02, help="alpha of the first guess (default: %(default)s)")
-    m.add_argument("--init-degree", type=int, default=30,
-                   help="polynomial degree of the first guess (default: %(default)s)")
+    m.add_argument("--init-alpha", type=number(0, low_open=True), default=None,
+                   help=f"alpha of the first guess (default: {_DEFAULT_INIT_ALPHA}; not with --init zero)")
+    m.add_argument("--init-degree", type=integer(1, 200), default=None,
+                   help=f"polynomial degree of the first guess (default: {_DEFAULT_INIT_DEGREE}; not with --init zero)")
     m.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="layer option, VALUE read as JSON (repeatable), e.g. --option hidden=16")
+                   help="layer option of the family, VALUE read as JSON (repeatable), e.g. --option hidden=16; an "
+                        "unknown KEY is refused with the list of the family's options")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=2000, help="optimisation steps (default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=8, help="global batch (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine decay (default: %(default)s)")
-    t.add_argument("--final-lr-ratio", type=float, default=0.05, help="final / peak learning rate (default: %(default)s)")
-    t.add_argument("--smoothness", type=float, default=0.0, help="weight of the time-smoothness term (default: %(default)s)")
-    t.add_argument("--levels", type=int, default=1,
+    t.add_argument("--steps", type=POSITIVE, default=2000, help="optimisation steps (default: %(default)s)")
+    t.add_argument("--batch-size", type=POSITIVE, default=8, help="global batch (default: %(default)s)")
+    t.add_argument("--lr", type=number(0, low_open=True), default=1e-3,
+                   help="peak learning rate, cosine decay (default: %(default)s)")
+    t.add_argument("--final-lr-ratio", type=number(0, 1, low_open=True), default=0.05,
+                   help="final / peak learning rate (default: %(default)s)")
+    t.add_argument("--smoothness", type=number(0), default=0.0,
+                   help="weight of the time-smoothness term (default: %(default)s)")
+    t.add_argument("--levels", type=POSITIVE, default=1,
                    help="multi-level training: the depth doubles between levels (default: %(default)s)")
-    t.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 for none (default: %(default)s)")
-    t.add_argument("--train-count", type=int, default=None, help="training pairs (default: the task's 10 000)")
-    t.add_argument("--data", help="training pairs from an HDF5 file of `invstable dataset make` instead of on the fly")
-    t.add_argument("--validation-data", help="validation pairs from an HDF5 file instead of on the fly")
-    t.add_argument("--validation-count", type=int, default=32,
+    t.add_argument("--grad-clip", type=number(0), default=1.0,
+                   help="gradient-norm clip, 0 for none (default: %(default)s)")
+    t.add_argument("--train-count", type=POSITIVE, default=None,
+                   help="training pairs made on the fly (default: the task's 10 000; not with --data)")
+    t.add_argument("--data", type=existing_file,
+                   help="training pairs from an HDF5 file of `invstable dataset make --split train` instead of on "
+                        "the fly")
+    t.add_argument("--validation-data", type=existing_file,
+                   help="validation pairs from an HDF5 file (not of the test split) instead of on the fly")
+    t.add_argument("--validation-count", type=POSITIVE, default=32,
                    help="validation pairs scored (first ones of the split; default: %(default)s)")
-    t.add_argument("--validate-every", type=int, default=100, help="in steps (default: %(default)s)")
-    t.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt)")
-    t.add_argument("--checkpoint-every", type=int, default=100, help="in steps (default: %(default)s)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    t.add_argument("--seed", type=int, default=0, help="seed of the weights and of the batches (default: %(default)s)")
+    t.add_argument("--validate-every", type=POSITIVE, default=100, help="in steps (default: %(default)s)")
+    t.add_argument("--checkpoint", type=output_file,
+                   help="checkpoint file (default: OUT.ckpt; its missing folders are created)")
+    t.add_argument("--checkpoint-every", type=POSITIVE, default=100, help="in steps (default: %(default)s)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint (with the same settings, task and data)")
+    t.add_argument("--seed", type=integer(0), default=0,
+                   help="seed of the weights and of the batches (default: %(default)s)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     t.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (GPU)")
-    t.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's)")
+    t.add_argument("--threads", type=POSITIVE, help="CPU threads of torch (default: torch's)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -67,10 +177,13 @@ def run(args) -> int:
     import torch
 
     from ..data import HDF5PairedDataset, task
-    from ..models import UnrolledInverse
-    from ._loop import TrainConfig, evaluate, train
     from ._distributed import distributed
+    from ._loop import TrainConfig, evaluate, resolve_device, train
 
+    _check_flags(args)
+    options = layer_options(args.family, args.option)
+    checkpoint = _check_outputs(args)
+    resolve_device(args.device)  # an unknown or absent device is refused before anything is built
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = task(args.task)
@@ -79,21 +192,16 @@ def run(args) -> int:
                       grad_clip=args.grad_clip if args.grad_clip > 0 else None,
                       validate_every=args.validate_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
                       device=args.device, amp=args.amp, progress=not args.no_progress)
+    model = _build_model(spec.operator, args, options)
     train_data = (HDF5PairedDataset(args.data, operator=spec.operator) if args.data
                   else spec.pairs("train", count=args.train_count))
     validation = (HDF5PairedDataset(args.validation_data, operator=spec.operator) if args.validation_data
                   else spec.pairs("validation"))
-    if args.validation_count is not None:
-        validation = torch.utils.data.Subset(validation, range(min(args.validation_count, len(validation))))
-    model = UnrolledInverse(spec.operator, family=args.family, iterations=args.iterations, channels=args.channels,
-                            depth=args.depth, step=args.step, max_step=args.max_step, init=args.init,
-                            init_alpha=args.init_alpha, init_degree=args.init_degree, seed=args.seed,
-                            **dict(args.option))
-    checkpoint = args.checkpoint or f"{args.out}.ckpt"
+    validation = torch.utils.data.Subset(validation, range(min(args.validation_count, len(validation))))
     start = time.perf_counter()
     with distributed(cfg.device) as (rank, _world):
         result = train(model, train_data, validation=validation, config=cfg, checkpoint=checkpoint,
-                       resume=args.resume)
+                       resume=args.resume, overwrite=args.overwrite, context={"task": args.task})
         if rank == 0:
             model = result.model.refresh(reseed=True)  # as save() does: the figures below are the file's
             record = {"task": args.task, "command": "invstable train " + " ".join(_argv(args)),
@@ -104,6 +212,126 @@ def run(args) -> int:
             path = model.save(args.out, training=record)
             print(json.dumps({"model": str(Path(path).resolve()), **record}))
     return 0
+
+
+def _check_flags(args) -> None:
+    """Flags that contradict each other or would be ignored; fills in the defaults of the first-guess flags."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the checkpoint and --overwrite starts over: give one of them")
+    if args.data and args.train_count is not None:
+        raise ValueError("--train-count sets the number of pairs made on the fly; with --data the file's pairs are "
+                         "used (make a file of that size with `invstable dataset make --count N`)")
+    if args.init == "zero":
+        given = [flag for flag, value in (("--init-alpha", args.init_alpha), ("--init-degree", args.init_degree))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} set the Tikhonov-like first guess, which --init zero does not "
+                             "use; drop them or choose another --init")
+    args.init_alpha = _DEFAULT_INIT_ALPHA if args.init_alpha is None else args.init_alpha
+    args.init_degree = _DEFAULT_INIT_DEGREE if args.init_degree is None else args.init_degree
+
+
+def _check_outputs(args) -> str:
+    """The checkpoint path; an existing model or checkpoint is refused unless --resume or --overwrite."""
+    checkpoint = args.checkpoint or f"{args.out}.ckpt"
+    if Path(checkpoint).resolve() == Path(args.out).resolve():
+        raise ValueError(f"--checkpoint and --out are the same file {args.out!r}; give two paths")
+    if Path(checkpoint).is_dir():
+        raise ValueError(f"the checkpoint {checkpoint!r} is a folder; give another --checkpoint")
+    if not args.resume and not args.overwrite:
+        existing = [str(p) for p in (args.out, checkpoint) if Path(p).exists()]
+        if existing:
+            raise FileExistsError(f"{' and '.join(map(repr, existing))} already exist{'s' if len(existing) == 1 else ''}"
+                                  "; continue that run with --resume, or start over and replace "
+                                  f"{'it' if len(existing) == 1 else 'them'} with --overwrite")
+    return checkpoint
+
+
+def layer_options(family: str, given: list[tuple[str, object]]) -> dict:
+    """The ``--option KEY=VALUE`` pairs of ``family``, checked: the key is one of the family's layer options and
+    the value has the type that option takes; ValueError naming the option (and the valid ones) otherwise."""
+    from ..nn._network import FAMILIES as LAYER_FAMILIES
+
+    classes = _layer_classes(family)
+    valid = sorted(LAYER_FAMILIES[FAMILIES[family]][1] - set(_MANAGED_OPTIONS))
+    options = {}
+    for key, value in given:
+        if key in _MANAGED_OPTIONS:
+            raise ValueError(f"--option {key} is set by the command itself (from --seed and --device); drop it")
+        if key not in valid:
+            raise ValueError(f"--option {key}: the {family} family has no layer option {key!r}; its options are "
+                             f"{', '.join(valid)}")
+        expected, default = _expected(classes, key)
+        if expected is not None and not _has_type(value, expected):
+            raise ValueError(f"--option {key}={json.dumps(value)}: {key} takes {expected} (default "
+                             f"{json.dumps(default)}), got {type(value).__name__} {value!r}")
+        options[key] = value
+    return options
+
+
+def _layer_classes(family: str) -> list[type]:
+    from .. import nn as inn
+    from ..nn._network import SCHEMES
+
+    return {"gradient_flow": [inn.GradientFlowLayer], "hamiltonian": list(SCHEMES.values()),
+            "antisymmetric": [inn.AntisymmetricLayer], "dense": [inn.DenseNetwork],
+            "unconstrained": [inn.ResNetLayer]}[family]
+
+
+def _expected(classes, key) -> tuple[str | None, object]:
+    """(annotation, default) of the keyword ``key`` in the first of ``classes`` that takes it."""
+    for cls in classes:
+        param = inspect.signature(cls.__init__).parameters.get(key)
+        if param is not None:
+            annotation = param.annotation if isinstance(param.annotation, str) else getattr(
+                param.annotation, "__name__", None)
+            default = None if param.default is inspect.Parameter.empty else param.default
+            return annotation, default
+    return ("str", None) if key == "scheme" else (None, None)
+
+
+def _has_type(value, annotation: str) -> bool:
+    """Whether a JSON value fits an annotation made of int, float, str, bool and None (others: not checked)."""
+    checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+              "None": lambda v: v is None}
+    names = [part.strip() for part in annotation.split("|")]
+    if not all(name in checks for name in names):
+        return True
+    return any(checks[name](value) for name in names)
+
+
+def _build_model(operator, args, options: dict):
+    """The model of the command line; a value an option refuses is reported with the option's name."""
+    from ..models import UnrolledInverse
+
+    kwargs = dict(family=args.family, iterations=args.iterations, channels=args.channels, depth=args.depth,
+                  step=args.step, max_step=args.max_step, init=args.init, init_alpha=args.init_alpha,
+                  init_degree=args.init_degree, seed=args.seed)
+    try:
+        return UnrolledInverse(operator, **kwargs, **options)
+    except (ValueError, TypeError) as err:
+        if not options:
+            raise
+        culprits = [k for k, v in options.items() if not _builds(operator, kwargs, {k: v})]
+        if not culprits:
+            raise
+        key = culprits[0]
+        expected, default = _expected(_layer_classes(args.family), key)
+        raise ValueError(f"--option {key}={json.dumps(options[key])} is refused by the {args.family} layers "
+                         f"({key} takes {expected or 'a JSON value'}, default {json.dumps(default)}): {err}") from None
+
+
+def _builds(operator, kwargs, options) -> bool:
+    from ..models import UnrolledInverse
+
+    small = {**kwargs, "iterations": 1, "depth": 1}
+    try:
+        UnrolledInverse(operator, **small, **options)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _argv(args) -> list[str]:
@@ -120,5 +348,3 @@ def _argv(args) -> list[str]:
         else:
             out.append(f"{flag} {value}")
     return out
-
-

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import os
+import time
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..models._io import atomic_write
+from ..models._io import ModelFileError, atomic_write, content_digest
 from ..models._unrolled import UnrolledInverse
 
-CHECKPOINT_FORMAT = "invstable.checkpoint/1"
+#: checkpoints with a digest of their content and a record of the run's inputs (operator, data, context)
+CHECKPOINT_FORMAT = "invstable.checkpoint/2"
+#: checkpoints written before: read, with a warning that their content and inputs cannot be checked
+LEGACY_CHECKPOINT_FORMAT = "invstable.checkpoint/1"
 
 
 @dataclasses.dataclass
@@ -130,6 +137,8 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> torch
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, *, batch_size: int = 16, device=None) -> float:
     """Mean PSNR of ``model`` over ``dataset`` (pairs ``(x, y)``) in eval mode."""
+    if len(dataset) == 0:
+        raise ValueError("evaluate() needs at least one pair; the dataset is empty")
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -162,21 +171,22 @@ def _make_optimizer(model, cfg, step):
     return opt, sched
 
 
-def save_checkpoint(path, *, model, optimizer, scheduler, step, best, history, cfg) -> None:
-    """Everything a resumed run needs, written atomically (``torch.save``; read back with weights_only)."""
+def save_checkpoint(path, *, model, optimizer, scheduler, step, best, history, cfg, inputs=None) -> None:
+    """Everything a resumed run needs, written atomically (``torch.save``; read back with weights_only), with the
+    run's ``inputs`` (:func:`run_inputs`) and a SHA-256 digest of the whole content."""
     payload = {
         "format": CHECKPOINT_FORMAT, "step": step, "config": dataclasses.asdict(cfg),
         "model_config": model.config(), "operator_config": model.operator.config(),
         "model": model.weights(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "best": best, "history": history,
+        "best": best, "history": history, "inputs": inputs,
     }
+    payload["digest"] = content_digest(payload)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint without running code (``torch.load(weights_only=True)``); a clear error otherwise."""
-    from ..models._io import ModelFileError
-
+    """Read a checkpoint without running code (``torch.load(weights_only=True)``) and check its digest; a clear
+    error (:class:`ModelFileError` naming the file) otherwise."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -185,10 +195,138 @@ def load_checkpoint(path) -> dict:
         raise ModelFileError(f"{str(path)!r} is not a readable invstable checkpoint (truncated, corrupted, or "
                              f"it holds objects that would need code to load): {type(err).__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else ''}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt not in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
         raise ModelFileError(f"{str(path)!r} is not an invstable checkpoint (format "
-                             f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
+                             f"{fmt if isinstance(payload, dict) else type(payload).__name__!r})")
+    if fmt == LEGACY_CHECKPOINT_FORMAT:
+        warnings.warn(f"checkpoint {str(path)!r} has the legacy format {fmt!r}, written before checkpoints carried "
+                      "a digest and a record of their data: its content and its data cannot be checked",
+                      UserWarning, stacklevel=2)
+        return payload
+    stored = payload.pop("digest", None)
+    if stored is None or stored != content_digest(payload):
+        raise ModelFileError(f"checkpoint {str(path)!r} does not match the digest it holds (the file is damaged); "
+                             "start a new run (--overwrite) or resume from an intact copy")
     return payload
+
+
+# ---------------------------------------------------------------------------------------------- inputs of a run
+def describe_data(dataset) -> dict | None:
+    """A JSON description of a dataset of pairs, as precise as the dataset allows: what a resumed run must find
+    again to reproduce the uninterrupted one.
+
+    A file of ``invstable dataset make`` (:class:`invstable.data.HDF5PairedDataset`) is described by its content
+    checksum (not its path: a moved copy is the same data), task, split and count; pairs made on the fly
+    (:class:`invstable.data.PairedDataset`) by their source's configuration, operator, noise and seed; a
+    ``Subset`` by what it selects; a ``ConcatDataset`` by its parts; any other dataset by its length only.
+    """
+    from torch.utils.data import ConcatDataset, Subset
+
+    from ..data import HDF5PairedDataset, PairedDataset
+
+    if dataset is None:
+        return None
+    if isinstance(dataset, Subset):
+        indices = [int(i) for i in dataset.indices]
+        return {"subset": {"of": describe_data(dataset.dataset), "count": len(indices),
+                           "indices": hashlib.sha256(json.dumps(indices).encode()).hexdigest()[:16]}}
+    if isinstance(dataset, ConcatDataset):
+        return {"concat": [describe_data(d) for d in dataset.datasets]}
+    if isinstance(dataset, HDF5PairedDataset):
+        meta = dataset.meta
+        return {"file": {"checksum": dataset.checksum, "task": meta.get("task"), "split": meta.get("split"),
+                         "count": len(dataset)}}
+    if isinstance(dataset, PairedDataset):
+        source = dataset.source
+        source_config = source.config() if callable(getattr(source, "config", None)) else {
+            "type": type(source).__qualname__, "count": len(source)}
+        op_config = getattr(dataset.operator, "config", None)
+        return {"pairs": _json({"source": source_config, "operator": op_config() if callable(op_config) else
+                                type(dataset.operator).__name__, "noise": dataset.noise.config(),
+                                "seed": dataset.seed, "fixed_noise": dataset.fixed_noise, "count": len(dataset)})}
+    # of another dataset only its length is known (its class may be a wrapper, e.g. one that logs or fails)
+    return {"dataset": {"count": len(dataset)}}
+
+
+def _json(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_inputs(model, train_data, validation=None, context: dict | None = None) -> dict:
+    """What a run is made from besides its settings: the operator's configuration, :func:`describe_data` of the
+    training and validation pairs, and ``context`` (e.g. ``{"task": "ct-30"}``). Stored in every checkpoint;
+    a resumed run must have the same."""
+    config = getattr(model.operator, "config", None)
+    try:
+        operator = config() if callable(config) else type(model.operator).__name__
+    except NotImplementedError:
+        operator = type(model.operator).__name__
+    return _json({**(context or {}), "operator": operator, "training data": describe_data(train_data),
+                  "validation data": describe_data(validation)})
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """``"key: checkpoint X, now Y"`` for every leaf that differs between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if "name" in old and "name" in new and old["name"] != new["name"]:  # e.g. another operator: its name says it
+            return _differences(old["name"], new["name"], f"{prefix}.name" if prefix else "name")
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if old == new:
+        return []
+    return [f"{prefix or 'value'}: checkpoint {_short(old)}, now {_short(new)}"]
+
+
+def _short(value) -> str:
+    if isinstance(value, list) and (len(value) > 8 or any(isinstance(v, (list, dict)) for v in value)):
+        return f"<list of {len(value)}>"
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_resume_inputs(path, state: dict, inputs: dict) -> None:
+    if state.get("inputs") is None:  # a legacy checkpoint: its operator at least is known
+        stored, inputs = {"operator": state.get("operator_config")}, {"operator": inputs.get("operator")}
+    else:
+        stored = state["inputs"]
+    differ = _differences(stored, inputs)
+    if differ:
+        raise ValueError(f"the checkpoint {str(path)!r} was made from other inputs, so resuming would not reproduce "
+                         f"the run ({'; '.join(differ[:8])}{'; ...' if len(differ) > 8 else ''}); resume with the "
+                         "same task, operator and data, or start a new run (overwrite=True, --overwrite)")
+
+
+def _check_splits(train_data, validation) -> None:
+    """Refuse dataset files whose recorded split breaks the protocol: training pairs from another split than
+    "train", validation pairs from the "test" split (test data are for the final scores only)."""
+    for role, data, allowed in (("training", train_data, ("train", None)),
+                                ("validation", validation, ("train", "validation", None))):
+        for file in _files(data):
+            split = file.meta.get("split")
+            if split not in allowed:
+                raise ValueError(
+                    f"the {role} pairs {str(file.path)!r} are the {split!r} split of {file.meta.get('task')!r} "
+                    f"(made with --split {split}); {role} on {split} data breaks the protocol (test data are for the "
+                    "final scores only, validation data for choosing the model): make the file with --split "
+                    f"{'train' if role == 'training' else 'validation'}")
+
+
+def _files(dataset):
+    """The dataset files inside ``dataset`` (through Subset and ConcatDataset)."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    from ..data import HDF5PairedDataset
+
+    if isinstance(dataset, Subset):
+        yield from _files(dataset.dataset)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            yield from _files(part)
+    elif isinstance(dataset, HDF5PairedDataset):
+        yield dataset
 
 
 def _distributed():
@@ -199,7 +337,8 @@ def _distributed():
 
 
 def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainConfig | None = None,
-          checkpoint: str | os.PathLike | None = None, resume: bool = False) -> TrainResult:
+          checkpoint: str | os.PathLike | None = None, resume: bool = False,
+          until: int | None = None, overwrite: bool = False, context: dict | None = None) -> TrainResult:
     """Train ``model`` on pairs ``(x, y)`` by the mean squared error of ``model(y)`` against ``x``.
 
     Parameters
@@ -215,8 +354,17 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
     checkpoint : path, optional
         Written atomically every ``checkpoint_every`` steps and at the end.
     resume : bool
-        Continue from ``checkpoint`` (which must exist and match the model's configuration). The result is
-        the same as that of an uninterrupted run with the same seed.
+        Continue from ``checkpoint``, which must exist and match the model's configuration, the training
+        settings and the run's inputs (:func:`run_inputs`: operator, training and validation data, ``context``);
+        anything else is refused, since it would not reproduce the run. The result is the same as that of an
+        uninterrupted run with the same seed.
+    until : int, optional
+        Stop after this step of the ``config.steps`` schedule (the checkpoint is written there); a later call
+        with ``resume=True`` continues the same schedule. Default: ``config.steps``.
+    overwrite : bool
+        Without ``resume``, an existing ``checkpoint`` is refused (FileExistsError) unless this is true.
+    context : dict, optional
+        JSON values that a resumed run must match too, e.g. ``{"task": "ct-30"}`` (recorded in the checkpoint).
 
     Under ``torchrun`` (an initialised default process group), each process takes its share of every global
     batch and the gradients are averaged (DistributedDataParallel); rank 0 validates and writes.
@@ -224,6 +372,15 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    ValueError
+        Bad settings, an empty training or validation set, dataset files of a split that breaks the protocol
+        (training on anything but "train", validating on "test"), or a checkpoint made from other settings or
+        inputs.
+    FileNotFoundError, FileExistsError
+        ``resume`` without a checkpoint; an existing checkpoint without ``resume`` or ``overwrite``.
     """
     cfg = config or TrainConfig()
     rank, world = _distributed()
@@ -237,6 +394,14 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
                          "couple every pair of layers); use levels=1")
     if len(train_data) == 0:
         raise ValueError("the training set is empty")
+    if validation is not None and len(validation) == 0:
+        raise ValueError("the validation set is empty; give at least one pair (--validation-count >= 1) or "
+                         "validation=None")
+    _check_splits(train_data, validation)
+    if checkpoint is not None and not resume and not overwrite and Path(checkpoint).exists():
+        raise FileExistsError(f"checkpoint {str(checkpoint)!r} exists; continue it with resume=True (--resume) or "
+                              "start over with overwrite=True (--overwrite)")
+    inputs = run_inputs(model, train_data, validation, context)
     model = model.to(device).train()
     step, history, best = 0, [], {"step": -1, "psnr": -math.inf, "weights": None}
     levels = _level_bounds(cfg)
@@ -256,6 +421,7 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
         if differ:
             raise ValueError(f"the checkpoint holds another model (different {differ}); resume with the model it "
                              "was made for or start a new run")
+        _check_resume_inputs(checkpoint, state, inputs)
         step, history, best = state["step"], state["history"], state["best"]
         # the checkpoint may be at a finer level than the model passed in
         while model.depth < state["model_config"]["depth"]:
@@ -276,7 +442,10 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp
                 else contextlib.nullcontext())
     last_psnr = best["psnr"]
-    while step < cfg.steps:
+    stop = cfg.steps if until is None else min(int(until), cfg.steps)
+    # wall-clock seconds of training, carried over a resume (the learning curve against time)
+    clock = time.perf_counter() - (history[-1].get("seconds", 0.0) if history else 0.0)
+    while step < stop:
         if step in levels[1:]:  # a new level: every block gets twice the layers at half the step
             model = model.prolong().to(device).train()
             opt, sched = _make_optimizer(model, cfg, step)
@@ -294,7 +463,8 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
         opt.step()
         sched.step()
         step += 1
-        record = {"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]}
+        record = {"step": step, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - clock, 3)}
         if validation is not None and (step % cfg.validate_every == 0 or step == cfg.steps) and rank == 0:
             last_psnr = evaluate(model, validation, device=device)
             record["val_psnr"] = last_psnr
@@ -305,9 +475,9 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.2e}", val_psnr=f"{last_psnr:.2f}")
             bar.update(1)
-        if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step in (stop, cfg.steps)):
             save_checkpoint(checkpoint, model=model, optimizer=opt, scheduler=sched, step=step, best=best,
-                            history=history, cfg=cfg)
+                            history=history, cfg=cfg, inputs=inputs)
     if bar is not None:
         bar.close()
     if best["weights"] is not None:
