@@ -105,6 +105,9 @@ def adversarial_perturbation(reconstruct: Reconstructor, y: torch.Tensor, eta: f
     Maximises :math:`\|R(y + \delta) - R(y)\|` (or :math:`\|R(y + \delta) - \mathrm{target}\|`, e.g. the
     ground truth) over :math:`\|\delta_i\| \le \eta \|y_i\|`, from ``restarts`` random starts on the sphere,
     ``steps`` Adam steps each (step ``lr`` relative to the radius), keeping the worst per sample.
+
+    ``y`` is a batched real tensor; an empty batch gives an empty result. A sample that is all zeros is refused
+    (a ``ValueError`` naming it): its radius ``eta ||y_i||`` is zero.
     """
     _check(y, eta, steps, restarts, lr=lr)
     y = y.detach()
@@ -153,6 +156,9 @@ def lipschitz_search(reconstruct: Reconstructor, y: torch.Tensor, *, radius: flo
     Both points move: :math:`y_{1,2} = y + \delta_{1,2}` with :math:`\|\delta_{1,2}\| \le` ``radius`` ``||y||``;
     Adam ascends the ratio itself from ``restarts`` random starts. A lower bound on the local Lipschitz
     constant, to hold a certified bound against: a certificate below it is wrong.
+
+    ``y`` is a batched real tensor with no sample all zeros (the radius is relative to ``||y_i||``); an empty
+    batch gives an empty result.
     """
     _check(y, radius, steps, restarts, eta_name="radius", lr=lr)
     y = y.detach()

@@ -343,3 +343,29 @@ def test_stability_messages_name_what_was_received():
     with pytest.raises(ValueError, match=r"target must be a tensor of the reconstruction's shape \(2, 1, 4, 4\)"):
         adversarial_perturbation(reconstruct, y, 0.1, target=torch.zeros(2, 16))
     assert adversarial_perturbation(reconstruct, y, np.float32(0.1), steps=2, restarts=1).ratio.shape == (2,)
+
+
+def test_fbp_works_under_torch_func():
+    op = ParallelBeamCT(8, 4)
+    y = op.A(torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+
+    def reconstruct(v):
+        return fbp(v, op)
+
+    torch.testing.assert_close(jvp(reconstruct, (y,), (y,))[1], reconstruct(y))
+    torch.testing.assert_close(vmap(reconstruct)(y[:, None]), reconstruct(y)[:, None])
+    assert jacrev(reconstruct)(y[:1]).shape == (1, 1, 8, 8, 1, 1, 12, 4)
+
+
+# --- siblings: weights that are complex or arrays where one number is meant -------------------------------------
+def test_weights_say_what_they_received():
+    op = Blur(gaussian_kernel(1.0), 8)
+    y = torch.rand(1, 1, 8, 8)
+    with pytest.raises(TypeError, match="alpha is complex"):
+        tikhonov(y, op, torch.tensor(0.1 + 1j))
+    with pytest.raises(ValueError, match=r"lam must be one number .* shape \(2,\)"):
+        tv(y, op, torch.tensor([0.1, 0.2]))
+    assert tv(y, op, torch.tensor(0.01), max_iter=2).shape == y.shape  # a one-element tensor is a number
+    with pytest.raises(ValueError, match="noise_level must be a real number"):
+        choose_alpha(y, op, noise_level="loud")
+    assert "Blur(kernel=<shape (7, 7)" in repr(Tikhonov(op, 0.1)) and "Blur(kernel" in repr(invstable.TotalVariation(op, 0.1))

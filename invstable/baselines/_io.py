@@ -64,6 +64,8 @@ def as_alpha(alpha, batch: int, like: torch.Tensor, name: str = "alpha") -> torc
     to the dtype of the solve (so that a Python float keeps its precision in a float64 solve)."""
     if isinstance(alpha, (bool, str, bytes)) or (isinstance(alpha, np.ndarray) and alpha.dtype == bool):
         raise TypeError(f"{name} must be a number or an array of numbers, got {alpha!r}")
+    if (alpha.is_complex() if isinstance(alpha, torch.Tensor) else np.iscomplexobj(alpha)):
+        raise TypeError(f"{name} is complex ({alpha!r}); a regularisation weight is a real number > 0")
     try:
         a = (alpha.detach().to(torch.float64) if isinstance(alpha, torch.Tensor)
              else torch.as_tensor(np.asarray(alpha, dtype=np.float64))).reshape(-1)

@@ -243,7 +243,8 @@ class Tikhonov:
         self.max_iter = max_iter
 
     def __repr__(self) -> str:
-        return f"Tikhonov(op={type(self.op).__name__}, alpha={self.alpha!r}, regularizer={type(self.regularizer).__name__})"
+        reg = "'identity'" if isinstance(self.regularizer, _Identity) else repr(self.regularizer)
+        return f"Tikhonov(op={self.op!r}, alpha={self.alpha!r}, regularizer={reg})"
 
     def normal(self, alpha: torch.Tensor):
         """The map ``x -> A^T A x + alpha L^T L x`` (``alpha`` per sample)."""
@@ -297,7 +298,11 @@ class Tikhonov:
 
         Differentiable in ``y``: when ``y`` requires grad, the gradient is :math:`R^T g = A (A^T A + \alpha
         L^T L)^{-1} g`, one more solve of the same system (implicit differentiation, no unrolled CG), so an
-        adversarial search (:mod:`invstable.stability`) can attack Tikhonov like any network.
+        adversarial search (:mod:`invstable.stability`) can attack Tikhonov like any network. The same holds
+        under ``torch.func`` (``jvp``, ``vmap``, ``jacrev``). An empty batch gives an empty batch.
+
+        The operator (and a regularizer given as an operator) must have an exact adjoint: it is measured once
+        per operator and shape, and an :class:`~invstable.operators.AdjointMismatchError` refuses a wrong one.
         """
         t, restore = as_measurement(y, self.op)
         b = self.op.A_adjoint(t)  # differentiable in y (and under torch.func) when y is

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from deepinv.optim import TVPrior, optim_builder
 from deepinv.optim.data_fidelity import L2
@@ -44,12 +45,17 @@ class TotalVariation:
     def __init__(self, op, lam: float, *, max_iter: int = 300, tol: float = 1e-5, prox_iter: int = 20):
         if not isinstance(op, LinearPhysics):
             raise TypeError(f"op must be a deepinv LinearPhysics (see invstable.as_operator), got {type(op).__name__}")
+        if isinstance(lam, (torch.Tensor, np.ndarray)):
+            if (lam.numel() if isinstance(lam, torch.Tensor) else lam.size) != 1:
+                raise ValueError(f"lam must be one number (TV uses one weight for the whole batch), got an array of "
+                                 f"shape {tuple(lam.shape)}; reconstruct the samples separately to give each its own lam")
+            lam = lam.item()  # a one-element tensor or array is a number
         if isinstance(lam, bool) or not (isinstance(lam, numbers.Real) and math.isfinite(lam) and lam > 0):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
         self.op, self.lam, self.max_iter, self.tol, self.prox_iter = op, float(lam), max_iter, tol, prox_iter
 
     def __repr__(self) -> str:
-        return f"TotalVariation(op={type(self.op).__name__}, lam={self.lam!r})"
+        return f"TotalVariation(op={self.op!r}, lam={self.lam!r})"
 
     def __call__(self, y, *, x0=None):
         t, restore = as_measurement(y, self.op)
