@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +23,8 @@ from .models._pretrained import UNIVERSAL
 from .operators import Blur, ParallelBeamCT, gaussian_kernel
 
 IMAGE_SIZE = 128
+#: PNG text stored in the figure, so that a later demo knows which file it may replace.
+FIGURE_TITLE = "invstable demo"
 
 
 @dataclasses.dataclass
@@ -39,6 +43,23 @@ def _builtin_images() -> dict[str, torch.Tensor]:
     camera = resize(skdata.camera().astype(np.float64) / 255.0, (IMAGE_SIZE, IMAGE_SIZE), anti_aliasing=True)
     as_batch = lambda a: torch.from_numpy(np.clip(a, 0, 1)).float()[None, None]  # noqa: E731
     return {"ct-30": as_batch(phantom), "blur-g2": as_batch(camera)}
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
+    print(f"invstable demo: {message}", file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """Numbered progress lines, ``[k/n] task: method ...``, given through ``log`` before each step starts."""
+
+    def __init__(self, total: int, log: Callable[[str], None] | None):
+        self.total, self.done, self.log = total, 0, log
+
+    def __call__(self, task: str, what: str) -> None:
+        self.done += 1
+        if self.log is not None:
+            self.log(f"[{self.done}/{self.total}] {task}: {what}")
 
 
 def _timed(task, method, fn, note=""):
@@ -67,14 +88,15 @@ def _tikhonov_row(task, y, op, noise_level, regularizer) -> Row:
     return Row(task, f"Tikhonov ({regularizer})", x[0, 0].numpy(), seconds, f"alpha={a:.2e} (discrepancy)", bound)
 
 
-def _model_rows(y: dict, operators: dict) -> list[Row]:
+def _model_rows(y: dict, operators: dict, step: Callable[[str, str], None]) -> list[Row]:
     """The pretrained models shipped in this installation, on the task they were trained for."""
     rows = []
     for name in list_models():
         if name in UNIVERSAL:
             continue
-        model = load_model(name)
         task = "ct-30" if name.startswith("ct30") else "blur-g2"
+        step(task, f"{name} (pretrained model)")
+        model = load_model(name)
         start = time.perf_counter()
         with torch.no_grad():
             x = model(y[task])
@@ -83,6 +105,7 @@ def _model_rows(y: dict, operators: dict) -> list[Row]:
                         model.lipschitz_bound()))
     for name in (n for n in UNIVERSAL if n in list_models()):
         for task, op in operators.items():  # one regulariser for both operators, weights tuned on validation
+            step(task, f"{name} (universal regulariser, solving the variational problem)")
             presets = model_info(name).get("presets", {})
             model = load_model(name, operator=op, preset=task if task in presets else None, tol=1e-2)
             start = time.perf_counter()
@@ -94,8 +117,21 @@ def _model_rows(y: dict, operators: dict) -> list[Row]:
     return rows
 
 
-def run_demo(seed: int = 0) -> tuple[dict, list[Row]]:
-    """Simulate the measurements (PROTOCOLS.md operators and noise levels) and reconstruct with the baselines."""
+def _step_count() -> int:
+    """Steps :func:`run_demo` takes: 2 FBP, 4 Tikhonov, each learned model once, each universal model twice."""
+    shipped = list_models()
+    return 6 + sum(n not in UNIVERSAL for n in shipped) + 2 * sum(n in UNIVERSAL for n in shipped)
+
+
+def run_demo(seed: int = 0, *, log: Callable[[str], None] | None = None) -> tuple[dict, list[Row]]:
+    """Simulate the measurements (PROTOCOLS.md operators and noise levels) and reconstruct with the baselines.
+
+    ``log`` receives one line before each step starts (``"[3/15] ct-30: Tikhonov (identity) ..."``).
+    """
+    step = _Progress(_step_count(), log)
+    if log is not None:
+        log(f"simulating CT-30 (Shepp-Logan, 30 angles) and Blur-G2 (camera, Gaussian sigma 2) measurements at "
+            f"{IMAGE_SIZE} x {IMAGE_SIZE}; {step.total} reconstructions follow")
     rng = torch.Generator().manual_seed(seed)
     images = _builtin_images()
     # CT-30: 30 angles, noise std 5 % of mean |A x|; Blur-G2: Gaussian sigma 2, circular, noise std 0.01
@@ -105,13 +141,15 @@ def run_demo(seed: int = 0) -> tuple[dict, list[Row]]:
     sigma = {"ct-30": 0.05 * float(clean["ct-30"].abs().mean()), "blur-g2": 0.01}
     y = {task: GaussianNoise(sigma=sigma[task], rng=rng)(clean[task]) for task in clean}
 
-    rows = [
-        _timed("ct-30", "FBP (ramp)", lambda: fbp(y["ct-30"], ct)),
-        _timed("ct-30", "FBP (Hann)", lambda: fbp(y["ct-30"], ct, filter="hann")),
-    ]
+    rows = []
+    for method, filt in (("FBP (ramp)", "ramp"), ("FBP (Hann)", "hann")):
+        step("ct-30", method)
+        rows.append(_timed("ct-30", method, lambda: fbp(y["ct-30"], ct, filter=filt)))
     for task, op in (("ct-30", ct), ("blur-g2", blur)):
-        rows += [_tikhonov_row(task, y[task], op, sigma[task], reg) for reg in ("identity", "gradient")]
-    rows += _model_rows(y, {"ct-30": ct, "blur-g2": blur})
+        for reg in ("identity", "gradient"):
+            step(task, f"Tikhonov ({reg}), alpha by the discrepancy principle")
+            rows.append(_tikhonov_row(task, y[task], op, sigma[task], reg))
+    rows += _model_rows(y, {"ct-30": ct, "blur-g2": blur}, step)
     rows.sort(key=lambda r: r.task != "ct-30")
     truths = {k: v[0, 0].numpy() for k, v in images.items()}
     return {"truth": truths, "measurement": {k: v[0, 0].numpy() for k, v in y.items()}}, rows
@@ -158,7 +196,7 @@ def _figure(data: dict, rows: list[Row], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, metadata={"Title": FIGURE_TITLE})
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -166,11 +204,42 @@ def _figure(data: dict, rows: list[Row], path: Path) -> None:
             os.unlink(tmp)
 
 
-def demo(out: str | os.PathLike = "invstable_demo.png", *, seed: int = 0) -> Path:
-    """Run the demo, print the table, write the figure; returns the figure's path."""
-    data, rows = run_demo(seed)
-    print(_table(data["truth"], rows))
+def _is_demo_figure(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return getattr(im, "text", {}).get("Title") == FIGURE_TITLE
+    except Exception:  # not an image at all: certainly not an earlier figure
+        return False
+
+
+def check_figure_path(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse, before the demo runs, a figure path that is not .png or that holds a file other than an earlier
+    demo figure (unless ``overwrite``)."""
     path = Path(out).resolve()
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: the demo figure is a PNG; give a name ending in .png")
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in .png")
+    if path.exists() and not overwrite and not _is_demo_figure(path):
+        raise FileExistsError(f"--out {out} already exists and is not an earlier demo figure; pass --overwrite to "
+                              "replace it, or choose another name")
+    return path
+
+
+def demo(out: str | os.PathLike = "invstable_demo.png", *, seed: int = 0, overwrite: bool = False,
+         progress: bool = True) -> Path:
+    """Run the demo, print the table, write the figure; returns the figure's path.
+
+    A progress line per step goes to stderr (unless ``progress`` is false). An existing ``out`` is replaced only
+    if it is an earlier demo figure or ``overwrite`` is true; missing folders are created.
+    """
+    path = check_figure_path(out, overwrite=overwrite)
+    data, rows = run_demo(seed, log=_say if progress else None)
+    print(_table(data["truth"], rows))
+    if progress:
+        _say("drawing the figure")
     _figure(data, rows, path)
     print(f"figure written to {path}")
     return path

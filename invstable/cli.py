@@ -9,7 +9,7 @@ import sys
 def _demo(args) -> int:
     from ._demo import demo
 
-    demo(args.out, seed=args.seed)
+    demo(args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
 
@@ -38,9 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invstable", description="Provably stable learned reconstructions for y = A x + noise.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="simulate CT-30 and Blur-G2 measurements and reconstruct them")
-    demo.add_argument("--out", default="invstable_demo.png", help="path of the PNG figure (default: %(default)s)")
+    demo = sub.add_parser("demo", help="simulate CT-30 and Blur-G2 measurements and reconstruct them",
+                          description="Simulate CT-30 and Blur-G2 measurements of built-in images, reconstruct them "
+                                      "with the baselines and the shipped models, print a table and write a "
+                                      "figure; a progress line per step goes to stderr.")
+    demo.add_argument("--out", default="invstable_demo.png",
+                      help="path of the PNG figure (default: %(default)s); missing folders are created; an existing "
+                           "file is replaced only if it is an earlier demo figure")
+    demo.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a demo figure")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulated noise (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table still prints)")
     demo.set_defaults(func=_demo)
     models = sub.add_parser("models", help="list the pretrained models shipped in the package",
                             description="List the pretrained models with their validation PSNR and certified bound.")

@@ -360,3 +360,21 @@ def test_reconstruct_of_a_huge_image_is_refused_before_allocating(sino, tmp_path
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "30000 x 30000" in err and "GiB of memory" in err
+
+
+@pytest.mark.parametrize("method, flag, message", [
+    ("ct30-gradflow", ["--alpha", "0.1"], "--alpha does not apply to --method ct30-gradflow (a learned model)"),
+    ("ct30-gradflow", ["--filter", "hann"], "--filter does not apply to --method ct30-gradflow"),
+    ("ct30-gradflow", ["--noise-level", "0.1"], "--noise-level does not apply to --method ct30-gradflow"),
+    ("ct30-gradflow", ["--preset", "ct-30"], "--preset does not apply to --method ct30-gradflow"),
+    ("ct30-gradflow", ["--sigma", "2"], "--sigma describes an operator: give --operator NAME"),
+    ("universal", ["--alpha", "0.1"], "--alpha does not apply to --method universal (the universal regulariser)"),
+])
+def test_a_flag_a_model_ignores_is_refused(method, flag, message, sino, tmp_path, capsys):
+    from invstable.models import list_models
+
+    if method not in list_models():
+        pytest.skip(f"{method} is not in this installation")
+    argv = ["reconstruct", "--method", method, "--input", str(sino), "--out", str(tmp_path / "x.npy"), *flag]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
