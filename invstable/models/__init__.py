@@ -5,6 +5,7 @@ from ._pretrained import PRETRAINED as PRETRAINED
 from ._pretrained import list_models as list_models
 from ._pretrained import load_model as load_model
 from ._pretrained import model_info as model_info
+from ._pretrained import recommended as recommended
 from ._unrolled import FAMILIES as FAMILIES
 from ._unrolled import UnrolledInverse as UnrolledInverse
 from ._io import load_regularizer as load_regularizer

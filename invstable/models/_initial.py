@@ -36,8 +36,13 @@ def filter_norm_bound(coef: np.ndarray, top: float, norm_a: float) -> float:
     return float(np.abs(g).max() / (1 - slack))
 
 
-def apply_filter(op, y: torch.Tensor, coef: np.ndarray, top: float) -> torch.Tensor:
-    """``p(A^T A) A^T y`` by Clenshaw's recurrence (``deg p`` applications of ``A^T A``)."""
+def apply_filter(op, y: torch.Tensor, coef, top: float) -> torch.Tensor:
+    """``p(A^T A) A^T y`` by Clenshaw's recurrence (``deg p`` applications of ``A^T A``).
+
+    ``coef`` holds the Chebyshev coefficients of ``p`` on ``[0, top]``: a NumPy array (a fixed filter) or a
+    tensor (a learned one; the result is differentiable in it)."""
+    if not isinstance(coef, torch.Tensor):
+        coef = [float(c) for c in coef]
     v = op.A_adjoint(y)
 
     def t(u):  # the map A^T A rescaled from [0, top] to [-1, 1]
@@ -45,6 +50,29 @@ def apply_filter(op, y: torch.Tensor, coef: np.ndarray, top: float) -> torch.Ten
 
     b1 = torch.zeros_like(v)
     b2 = torch.zeros_like(v)
-    for c in coef[:0:-1]:
-        b1, b2 = float(c) * v + 2 * t(b1) - b2, b1
-    return float(coef[0]) * v + t(b1) - b2
+    for i in range(len(coef) - 1, 0, -1):  # (torch tensors take no negative slice steps)
+        c = coef[i]
+        b1, b2 = c * v + 2 * t(b1) - b2, b1
+    return coef[0] * v + t(b1) - b2
+
+
+def chebyshev_basis(op, y: torch.Tensor, degree: int, top: float) -> torch.Tensor:
+    """``T_j(2 A^T A / top - I) A^T y`` for ``j = 0..degree``, stacked on a new first axis.
+
+    A first guess ``p(A^T A) A^T y`` with Chebyshev coefficients ``c`` is then ``sum_j c_j basis[j]``: when only
+    the coefficients are learned, the basis (``degree`` applications of ``A^T A``) is computed once per batch
+    without autograd and the filter costs one weighted sum.
+    """
+    v = op.A_adjoint(y)
+    out = [v]
+    if degree >= 1:
+        out.append((2.0 / top) * op.A_adjoint(op.A(v)) - v)
+    for _ in range(2, degree + 1):
+        u = out[-1]
+        out.append(2 * ((2.0 / top) * op.A_adjoint(op.A(u)) - u) - out[-2])
+    return torch.stack(out)
+
+
+def combine_basis(basis: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``sum_j coef[j] basis[j]`` (differentiable in ``coef``)."""
+    return torch.tensordot(coef.to(basis.dtype), basis, dims=1)

@@ -22,6 +22,10 @@ PRETRAINED = {
 #: models that serve any operator (``load_model(name, operator=...)``)
 UNIVERSAL = ("universal",)
 
+#: which shipped certified model ``load_model(task=...)`` returns: written by scripts/select_models.py from the
+#: validation PSNR of every certified candidate on the same validation images (never from test data)
+RECOMMENDED_FILE = "recommended.json"
+
 
 def _pretrained_path(name: str) -> Path:
     return Path(str(resources.files("invstable.models") / "pretrained" / f"{name}.safetensors"))
@@ -58,9 +62,48 @@ def _resolve(name_or_path) -> Path:
     return path
 
 
-def load_model(name_or_path: str | os.PathLike, *, operator=None, device=None, preset: str | None = None,
-               noise_level: float | None = None, **options):
-    """Load a shipped model by name (:func:`list_models`) or a file written by ``model.save``.
+def recommended() -> dict:
+    """The recommended certified model of each protocol task, with the validation scores it was chosen on.
+
+    ``{task: {"name": ..., "validation_count": n, "candidates": {name: {"validation_psnr", "lipschitz_bound"}},
+    "command": ...}}`` as written by ``scripts/select_models.py``; ``{}`` when the file is not shipped.
+    """
+    import json
+
+    path = Path(str(resources.files("invstable.models") / "pretrained" / RECOMMENDED_FILE))
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelFileError(f"{path} is not a readable recommendation file ({err}); reinstall invstable") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "name" in v for v in data.values()):
+        raise ModelFileError(f"{path} is not a recommendation file of this invstable version; reinstall invstable")
+    return data
+
+
+def _recommended_model(task: str, device):
+    table = recommended()
+    if task not in table:
+        raise ValueError(f"no recommended model for task {task!r}; tasks with one: {sorted(table)} "
+                         f"(or load a model by name: {list_models()})")
+    choice = table[task]
+    name = choice["name"]
+    if name in UNIVERSAL:
+        from ..data import task as protocol_task
+
+        model = load_model(name, operator=protocol_task(task).operator, preset=task, device=device)
+    else:
+        model = load_model(name, device=device)
+        model.info = model_info(name)
+    model.info = {**getattr(model, "info", {}), "recommended_for": task, "selection": choice}
+    return model
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, *, task: str | None = None, operator=None,
+               device=None, preset: str | None = None, noise_level: float | None = None, **options):
+    """Load a shipped model by name (:func:`list_models`), a file written by ``model.save``, or the most accurate
+    certified model shipped for a protocol task (``task="ct-30"``, ``"blur-g2"``).
 
     Nothing in the file is executed: it is a safetensors file whose header holds the model's and the
     operator's configurations as JSON; the operator is rebuilt through the operator registry.
@@ -72,6 +115,11 @@ def load_model(name_or_path: str | os.PathLike, *, operator=None, device=None, p
     deviation of the noise on ``y``), else the rule's middle level; call ``.tune(x_val, y_val)`` for the best
     values on your data. ``options`` go to :class:`VariationalInverse` (``bounds``, ``tol``, ``max_iter``, or
     ``lam`` / ``scale`` / ``strong_convexity`` directly).
+
+    ``task`` picks, among the certified models shipped for that task (the "universal" regulariser with the
+    task's preset included), the one with the highest PSNR on the task's validation images
+    (:func:`recommended` holds the scores it was chosen on); its ``info`` carries the training record
+    (recipe, validation scores, certified bound) and the selection.
 
     Returns
     -------
@@ -89,7 +137,15 @@ def load_model(name_or_path: str | os.PathLike, *, operator=None, device=None, p
     >>> import invstable
     >>> model = invstable.load_model("ct30-gradflow")  # doctest: +SKIP
     >>> model.lipschitz_bound()  # doctest: +SKIP
+    >>> best = invstable.load_model(task="ct-30")  # doctest: +SKIP
     """
+    if task is not None:
+        if name_or_path is not None or operator is not None or preset is not None or noise_level is not None \
+                or options:
+            raise ValueError(f"task={task!r} chooses the model and its settings; pass either a name or a task")
+        return _recommended_model(task, device)
+    if name_or_path is None:
+        raise TypeError("load_model() needs a model name or path (see invstable.list_models()) or task=")
     path = _resolve(name_or_path)
     if file_format(path) == RIDGE_FORMAT:
         model = _universal(path, operator, preset, noise_level, options)

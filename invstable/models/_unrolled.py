@@ -11,9 +11,10 @@ from torch import nn
 from ..nn import prolong as prolong_network
 from ..nn import refresh_spectral_norms, stable_network, time_smoothness
 from ..operators import as_operator, norm_bound
-from ._initial import apply_filter, chebyshev_coefficients, filter_norm_bound
+from ._initial import (apply_filter, chebyshev_basis, chebyshev_coefficients, combine_basis,
+                       filter_norm_bound)
 
-INITS = ("tikhonov", "zero")
+INITS = ("tikhonov", "learned", "zero")
 #: names of the power-iteration buffers (derived from the weights; not stored in model files)
 VECTORS = ("._u", "._v")
 
@@ -53,7 +54,9 @@ class UnrolledInverse(nn.Module):
     :math:`s = 0` with, in its image channels, the first guess :math:`x_0 = p(A^\top A) A^\top y`
     (``init="tikhonov"``: ``p`` interpolates :math:`1/(\lambda + \alpha_0)` on :math:`[0, \|A\|^2]`
     at ``init_degree + 1`` Chebyshev nodes, a linear map close to Tikhonov's with :math:`\alpha_0` =
-    ``init_alpha``) or :math:`x_0 = 0` (``init="zero"``), and returns the image channels of the final state.
+    ``init_alpha``), the same filter with learned Chebyshev coefficients (``init="learned"``: it starts as
+    the "tikhonov" one and is trained with the rest; its norm is certified exactly as that one's) or
+    :math:`x_0 = 0` (``init="zero"``), and returns the image channels of the final state.
 
     Parameters
     ----------
@@ -134,6 +137,9 @@ class UnrolledInverse(nn.Module):
             raise ValueError(f"init_degree must be an int in [1, 200], got {init_degree!r}")
         self.init, self.init_alpha, self.init_degree = init, float(init_alpha), init_degree
         self._filter_cache = None
+        if init == "learned":
+            # learned correction of the Chebyshev coefficients of the Tikhonov filter (zero: that filter)
+            self.filter_correction = nn.Parameter(torch.zeros(init_degree + 1, dtype=torch.float64))
         self.operator = as_operator(operator)
         self.family = family
         self.iterations, self.channels, self.depth = iterations, channels, depth
@@ -154,14 +160,50 @@ class UnrolledInverse(nn.Module):
         """Certified upper bound on ``||A||`` (see :func:`invstable.operators.norm_bound`)."""
         return norm_bound(self.operator, self.image_shape)
 
-    def _filter(self):
-        """``(coefficients, top, certified norm)`` of the first guess ``p(A^T A) A^T y`` (cached per ``||A||``)."""
+    def _tikhonov_filter(self):
+        """``(coefficients, top, certified norm)`` of the Tikhonov-Chebyshev filter (cached per ``||A||``)."""
         norm_a = self.operator_norm()
         if self._filter_cache is None or self._filter_cache[0] != norm_a:
             top = norm_a ** 2
             coef = chebyshev_coefficients(self.init_alpha, self.init_degree, top)
             self._filter_cache = (norm_a, coef, top, filter_norm_bound(coef, top, norm_a))
         return self._filter_cache[1:]
+
+    def _filter_coefficients(self):
+        """``(coefficients, top)`` of the first guess ``p(A^T A) A^T y``: a NumPy array for the fixed filter,
+        a tensor (differentiable) for the learned one."""
+        coef, top, _ = self._tikhonov_filter()
+        if self.init == "learned":
+            coef = torch.as_tensor(coef, device=self.filter_correction.device) + self.filter_correction
+        return coef, top
+
+    def _filter(self):
+        """``(coefficients, top, certified norm)`` of the first guess (the norm is recomputed for a learned one)."""
+        if self.init != "learned":
+            return self._tikhonov_filter()
+        coef, top = self._filter_coefficients()
+        coef = coef.detach().cpu().numpy()
+        return coef, top, filter_norm_bound(coef, top, self.operator_norm())
+
+    def first_guess(self, y: torch.Tensor) -> torch.Tensor:
+        """``x_0 = p(A^T A) A^T y`` (zeros for ``init="zero"``).
+
+        When ``y`` needs no gradient (training, reconstruction) the ``init_degree`` applications of ``A^T A``
+        run without autograd: for the fixed filter nothing depends on the weights, for the learned one only the
+        weighted sum of the Chebyshev basis does. Otherwise (a gradient in ``y``: stability searches) the
+        filter is applied by Clenshaw's recurrence with autograd.
+        """
+        op = self.operator
+        if self.init == "zero":
+            return torch.zeros_like(op.A_adjoint(y))
+        coef, top = self._filter_coefficients()
+        if y.requires_grad:
+            return apply_filter(op, y, coef.to(y.dtype) if isinstance(coef, torch.Tensor) else coef, top)
+        with torch.no_grad():
+            if not isinstance(coef, torch.Tensor):
+                return apply_filter(op, y, coef, top)
+            basis = chebyshev_basis(op, y, self.init_degree, top)
+        return combine_basis(basis, coef)
 
     def steps(self) -> torch.Tensor:
         """The data-consistency steps ``tau_k`` (a differentiable tensor of length ``K``)."""
@@ -184,9 +226,8 @@ class UnrolledInverse(nn.Module):
         c = self.image_channels
         taus = self.steps().to(aty)
         s = aty.new_zeros((aty.shape[0], self.channels) + tuple(aty.shape[2:]))
-        if self.init == "tikhonov":
-            coef, top, _ = self._filter()
-            s = torch.cat([apply_filter(op, y, coef, top), s[:, c:]], dim=1)
+        if self.init != "zero":
+            s = torch.cat([self.first_guess(y).to(s.dtype), s[:, c:]], dim=1)
         for k, block in enumerate(self.blocks):
             x = s[:, :c].to(aty.dtype)  # the operator runs in the measurement's precision (also under autocast)
             x = x - taus[k] * (op.A_adjoint(op.A(x)) - aty)
@@ -203,7 +244,7 @@ class UnrolledInverse(nn.Module):
         if self.family == "unconstrained":
             return math.inf
         norm_a = self.operator_norm()
-        bound = self._filter()[2] if self.init == "tikhonov" else 0.0
+        bound = self._filter()[2] if self.init != "zero" else 0.0
         for tau, block in zip(self.steps().double().tolist(), self.blocks):
             damp = max(1.0, tau * norm_a ** 2 - 1.0)
             bound = block.lipschitz_bound() * (damp * bound + tau * norm_a)
@@ -225,6 +266,8 @@ class UnrolledInverse(nn.Module):
         new.blocks = nn.ModuleList(prolong_network(b) for b in self.blocks)
         with torch.no_grad():
             new.step_logits.copy_(self.step_logits)
+            if self.init == "learned":
+                new.filter_correction.copy_(self.filter_correction)
         return new.to(self.step_logits.device)
 
     @torch.no_grad()
