@@ -28,7 +28,8 @@ from invstable.operators import (
     norm_bound,
     operator_example,
 )
-from invstable.operators import _ct
+from invstable.data import InsufficientMemoryError
+from invstable.data import _memory
 from invstable.operators.functional._radon import projector_matrix, projector_memory
 from invstable.stability import adversarial_perturbation, lipschitz_search, random_perturbation
 
@@ -187,9 +188,9 @@ def test_stability_tools_on_an_empty_batch():
 
 # --- 13: a projector too large for the machine is refused before it is built --------------------------------------
 def test_ct_refuses_a_projector_larger_than_the_memory(monkeypatch):
-    monkeypatch.setattr(_ct, "_available_memory", lambda: 8 * 10**9)
-    with pytest.raises(MemoryError, match=r"ParallelBeamCT\(image_size=4096, angles=180.*needs about \d+\.\d [GT]B"
-                                          r".*only 8\.0 GB is available.*fewer angles"):
+    monkeypatch.setattr(_memory, "available_memory", lambda: 8 * 2**30)
+    with pytest.raises(InsufficientMemoryError, match=r"projector of ParallelBeamCT\(image_size=4096, angles=180.*"
+                                                      r"needs about \d+ GiB.*only 8 GiB is available.*fewer angles"):
         ParallelBeamCT(4096, 180)
     with pytest.raises(ValueError, match="needs about"):  # a ValueError too, which command lines report cleanly
         ParallelBeamCT(3000, 90)
@@ -211,7 +212,7 @@ def test_ct_memory_estimate_is_close_to_the_measured_peak():
 def test_the_back_projector_is_checked_too(monkeypatch):
     op = ParallelBeamCT(19, 7)  # a geometry no other test builds: its back-projector is not cached yet
     y = op.A(torch.rand(1, 1, 19, 19))
-    monkeypatch.setattr(_ct, "_available_memory", lambda: 1000)
+    monkeypatch.setattr(_memory, "available_memory", lambda: 1000)
     with pytest.raises(MemoryError, match="back-projector"):
         fbp(y, op)
 

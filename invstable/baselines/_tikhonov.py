@@ -191,7 +191,7 @@ class _NormalSolve(torch.autograd.Function):
             t = t.expand(mapped, *t.shape) if dim is None else t.movedim(dim, 0)
             return t.reshape(-1, *t.shape[2:])  # (mapped * batch, ...)
 
-        batch = b.shape[0] if in_dims[0] is None else b.shape[1 if in_dims[0] == 0 else 0]
+        batch = b.shape[0] if in_dims[0] is None else b.movedim(in_dims[0], 0).shape[1]  # samples per map
         folded = copy.copy(solver)
         folded.alpha = as_alpha(solver.alpha, batch, torch.zeros((), dtype=torch.float64)).repeat(mapped)
         x = _NormalSolve.apply(fold(b, in_dims[0]), folded, fold(x0, in_dims[2]), holder)

@@ -7,7 +7,6 @@ from ._check import AdjointMismatchError as AdjointMismatchError
 from ._check import OperatorReport as OperatorReport
 from ._check import check_operator as check_operator
 from ._check import norm_bound as norm_bound
-from ._ct import OperatorTooLargeError as OperatorTooLargeError
 from ._ct import ParallelBeamCT as ParallelBeamCT
 from ._gradient import Gradient as Gradient
 from ._registry import available_operators as available_operators

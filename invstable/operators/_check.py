@@ -89,8 +89,13 @@ def require_operator(op, name: str = "op") -> None:
     )
 
 
+def _double(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.complex128 if t.is_complex() else torch.float64)
+
+
 def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.to(torch.complex128 if a.is_complex() else torch.float64), b.to(torch.complex128 if b.is_complex() else torch.float64)
+    """The real inner product ``Re <a, b>``, summed in double precision whatever the dtypes of ``a`` and ``b``."""
+    a, b = _double(a), _double(b)
     return (a.conj() * b).real.sum() if a.is_complex() or b.is_complex() else (a * b).sum()
 
 
@@ -122,9 +127,9 @@ def _probe(op, in_shape, dtype, device, generator):
                 f"have shape {tuple(x.shape)}; the adjoint must map measurements back to images"
             )
         lhs, rhs = _inner(ax, y), _inner(x, aty)
-        scale = float(ax.double().norm() * y.double().norm()) if not ax.is_complex() else float(ax.abs().double().norm() * y.abs().double().norm())
+        scale = float(_double(ax).norm() * _double(y).norm())
         if scale == 0.0:
-            scale = float(x.double().norm() * aty.abs().double().norm()) or 1.0
+            scale = float(_double(x).norm() * _double(aty).norm()) or 1.0
     return float((lhs - rhs).abs()) / scale, tuple(ax.shape[1:]), _lowest(dtype, ax.dtype, aty.dtype)
 
 

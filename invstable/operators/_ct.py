@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 
 import numpy as np
@@ -27,55 +26,15 @@ from .functional._radon import (
 _NORM_MARGIN = 1e-6
 
 
-class OperatorTooLargeError(ValueError, MemoryError):
-    """An operator would need more memory than the machine has: refused before anything is allocated."""
-
-
-def _available_memory() -> int | None:
-    """Bytes this process can still allocate: the kernel's ``MemAvailable``, lowered by a cgroup limit when one
-    is set; ``None`` where neither can be read (the size check is then skipped)."""
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):
-            return None
-    try:  # cgroup v2: a container's limit is lower than the machine's memory
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit != "max":
-            with open("/sys/fs/cgroup/memory.current") as f:
-                available = min(available, int(limit) - int(f.read().strip()))
-    except (OSError, ValueError):
-        pass
-    return max(int(available), 0)
-
-
-def _bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError  # unreachable
-
-
 def _check_memory(what: str, needed: int, image_size: int, n_angles: int, detectors: int) -> None:
-    """Refuse to build a matrix that would not fit, naming the figures (instead of a MemoryError mid-build)."""
-    available = _available_memory()
-    if available is not None and needed > available:
-        raise OperatorTooLargeError(
-            f"ParallelBeamCT(image_size={image_size}, angles={n_angles}, detectors={detectors}) needs about "
-            f"{_bytes(needed)} of memory to build its sparse {what}, but only {_bytes(available)} is available; "
-            f"the memory grows as image_size^2 x angles: use a smaller image_size or fewer angles"
-        )
+    """Refuse to build a matrix that would not fit, with the figures (instead of a MemoryError mid-build), through
+    invstable's one memory check (:class:`invstable.data.InsufficientMemoryError`, a ``MemoryError`` and a
+    ``ValueError``)."""
+    from ..data._memory import check_memory  # noqa: PLC0415 (invstable.data imports the operators)
+
+    check_memory(needed, f"the sparse {what} of ParallelBeamCT(image_size={image_size}, angles={n_angles}, "
+                         f"detectors={detectors})",
+                 hint="the memory grows as image_size^2 x angles: use a smaller image_size or fewer angles")
 
 
 @functools.lru_cache(maxsize=8)
@@ -151,9 +110,9 @@ class ParallelBeamCT(Operator):
 
     Raises
     ------
-    OperatorTooLargeError
-        (a ``ValueError`` and a ``MemoryError``) when the projector would need more memory than is available,
-        with both figures, e.g. for ``ParallelBeamCT(4096, 180)`` (about 680 GB).
+    invstable.data.InsufficientMemoryError
+        (a ``MemoryError`` and a ``ValueError``) when the projector would need more memory than is available,
+        with both figures, e.g. for ``ParallelBeamCT(4096, 180)`` (about 630 GiB).
 
     Examples
     --------
