@@ -12,7 +12,12 @@ test counts, quick or not) and solver budgets; each task records the commit it w
 panels (the last test image of every method) are kept beside it in ``quality_panels.npz`` (plain arrays, read
 without pickle; not committed); a kept task without panels has them recomputed on that one image.
 
+``--resume --models NAME ...`` keeps a task's other rows and measures only the named shipped models on the same
+test images (new models, retrained ones), each row recording the commit it was measured at. The universal
+regulariser's row comes from ``universal.json`` (``python -m benchmarks.universal``, same test split), marked so.
+
 Usage: python -m benchmarks.quality [--quick] [--tasks ct-30 blur-g2 ct-180] [--results-dir DIR] [--resume]
+       [--models NAME ...]
 """
 
 from __future__ import annotations
@@ -90,6 +95,51 @@ def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, wi
             "targets": targets(name, rows), "_images": images, "_truth": xt[-1, 0].numpy()}
 
 
+def measure_models(name: str, names: list[str], *, quick: bool, n_test: int | None) -> tuple[list[dict], dict]:
+    """Rows (and last-image panels) of the shipped models ``names`` on the test split of ``name``."""
+    spec = get_task(name)
+    xt, yt, _ = pairs(spec.pairs("test"), n_test or (8 if quick else None))
+    rows, images = [], {}
+    for m in learned(name, names):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = m.reconstruct(yt)
+        rows.append(_row(m.name, out, xt, time.perf_counter() - start, kind=m.kind, lipschitz_bound=m.bound(),
+                         bound_kind=m.bound_kind, **m.extra))
+        images[m.name] = out[-1, 0].clamp(0, 1).numpy()
+    return rows, images
+
+
+def universal_row(name: str, folder: Path) -> dict | None:
+    """The universal regulariser's row of task ``name`` from ``universal.json`` (None when it has none)."""
+    path = folder / "universal.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    r = payload.get("protocol", {}).get(name)
+    if r is None:
+        return None
+    return {"method": "universal (task preset)", "kind": "learned", "n": r["n_test"], "seconds": round(r["seconds"], 2),
+            "psnr_mean": r["psnr_mean"], "psnr_std": r["psnr_std"], "ssim_mean": r["ssim_mean"],
+            "relative_error_mean": r["relative_error_mean"], "lipschitz_bound": r["lipschitz_bound"],
+            "bound_kind": f"certified (+ solver term {r['additive']:.2f})",
+            "from": "universal.json (" + payload.get("command", "python -m benchmarks.universal") + ")",
+            "measured_at": payload.get("environment", {}).get("git_commit", "unknown")}
+
+
+def _merge_rows(rows: list[dict], new: list[dict], commit: str) -> list[dict]:
+    """``rows`` with each row of ``new`` replacing the one of the same method (or appended), stamped ``commit``."""
+    out = [dict(r) for r in rows]
+    for row in new:
+        row = {**row, "measured_at": row.get("measured_at", commit)}
+        at = next((i for i, r in enumerate(out) if r["method"] == row["method"]), None)
+        if at is None:
+            out.append(row)
+        else:
+            out[at] = row
+    return out
+
+
 def _psnr(rows, method):
     row = next((r for r in rows if r["method"] == method and not r.get("missing")), None)
     return None if row is None else row["psnr_mean"]
@@ -105,17 +155,25 @@ def targets(name: str, rows: list[dict]) -> list[dict]:
                           _psnr(rows, "Tikhonov (gradient, validation alpha)")) if v is not None)
     tik_bound = next(r["lipschitz_bound"] for r in rows if r["method"] == "Tikhonov (identity, validation alpha)")
     tvp = _psnr(rows, "TV (validation lambda)")
-    unconstrained = _psnr(rows, f"{prefix}unconstrained")
+    peer_psnr = _psnr(rows, "deepinv unrolled PGD + DnCNN")
     for r in rows:
-        if not r["method"].startswith(prefix):
+        if r.get("missing") or not (r["method"].startswith(prefix) or r["method"].startswith("universal")):
             continue
+        # each model is held against the unconstrained twin of its own design (ct30-wide: ct30-wide-unconstrained)
+        twin = next((f"{stem}-unconstrained" for stem in (r["method"].rsplit("-", 1)[0], prefix[:-1])
+                     if _psnr(rows, f"{stem}-unconstrained") is not None), None)
+        unconstrained = None if twin is None else _psnr(rows, twin)
         p = r["psnr_mean"]
         stable = not r["method"].endswith("unconstrained")
+        if r["method"].startswith("universal"):
+            unconstrained = None  # a variational model: it has no unconstrained twin
         checks = []
         if name == "ct-30":
             checks += [("above best Tikhonov by >= 6 dB", p - tik, 6.0), ("above TV by >= 2 dB", p - tvp, 2.0)]
         else:
-            checks += [("above best Tikhonov by >= 1.5 dB", p - tik, 1.5)]
+            checks += [("above best Tikhonov by >= 1.5 dB", p - tik, 1.5), ("above TV by >= 0.5 dB", p - tvp, 0.5)]
+        if peer_psnr is not None:
+            checks.append(("above the deepinv peer", p - peer_psnr, 0.0))
         if stable and unconstrained is not None:
             checks.append(("within 1 dB of the unconstrained model (or better)", p - unconstrained, -1.0))
         if stable and tik_bound is not None:
@@ -200,7 +258,8 @@ def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
 
 
 def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, threads: int = 2,
-        log=print, n_val: int | None = None, n_test: int | None = None, resume: bool = False) -> dict:
+        log=print, n_val: int | None = None, n_test: int | None = None, resume: bool = False,
+        models: list[str] | None = None) -> dict:
     """Evaluate ``tasks``; write ``quality.json`` after each task (a partial run keeps what it finished) and
     ``quality.png``; return the payload. ``resume`` keeps the tasks an earlier run measured at the same size."""
     torch.set_num_threads(threads)
@@ -208,6 +267,8 @@ def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, 
     folder.mkdir(parents=True, exist_ok=True)
     n_val = n_val or (8 if quick else 32)
     command = "python -m benchmarks.quality" + (" --quick" if quick else "") + " --tasks " + " ".join(tasks)
+    if resume:
+        command += " --resume" + (" --models " + " ".join(models) if models else "")
     payload = {"benchmark": "quality", "environment": environment("cpu"), "quick": quick, "command": command,
                "complete": False, "tasks": []}
     kept = _kept(folder, quick=quick, n_val=n_val, n_test=n_test) if resume else {}
@@ -220,9 +281,18 @@ def run(*, quick: bool, tasks=("ct-30", "blur-g2", "ct-180"), results_dir=None, 
             r["_images"], r["_truth"] = _load_panels(folder / "quality_panels.npz", t) or _panels(
                 t, quick=quick, n_val=n_val)
             log(f"quality: {t} kept from the earlier run (commit {str(r['measured_at'])[:10]})")
+            if models:
+                new, images = measure_models(t, models, quick=quick, n_test=n_test)
+                r["rows"] = _merge_rows(r["rows"], new, commit)
+                r["_images"].update(images)
+                log(f"quality: {t}: measured {[row['method'] for row in new]} at commit {commit[:10]}")
         else:
             r = {"measured_at": commit, **evaluate_task(t, quick=quick, n_val=n_val, n_test=n_test)}
             log(f"quality: {t} done in {time.perf_counter() - start:.0f} s")
+        uni = None if quick else universal_row(t, folder)
+        if uni is not None:
+            r["rows"] = _merge_rows(r["rows"], [uni], commit)
+        r["targets"] = targets(t, r["rows"])
         results.append(r)
         payload["tasks"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
         payload["complete"] = len(results) == len(tasks)
@@ -239,9 +309,12 @@ def main(argv=None):
     parser.add_argument("--results-dir", default=None, help="where to write quality.json (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--resume", action="store_true", help="keep tasks already measured at this size")
+    parser.add_argument("--models", nargs="+", help="with --resume: measure only these shipped models on kept tasks")
     args = parser.parse_args(argv)
+    if args.models and not args.resume:
+        parser.error("--models measures named models into a kept run: use it with --resume")
     payload = run(quick=args.quick, tasks=tuple(args.tasks), results_dir=args.results_dir, threads=args.threads,
-                  resume=args.resume)
+                  resume=args.resume, models=args.models)
     for r in payload["tasks"]:
         print(f"\n{r['task']} (test n={r['n_test']})")
         for row in r["rows"]:

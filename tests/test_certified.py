@@ -32,7 +32,7 @@ def test_learned_first_guess_starts_as_the_tikhonov_filter_and_is_trained():
     y = TinyPairs(3).y
     learned, fixed = model(init="learned"), model(init="tikhonov")
     fixed.load_state_dict(learned.state_dict(), strict=False)
-    assert torch.equal(learned(y), fixed(y))
+    assert torch.allclose(learned(y), fixed(y), atol=1e-4)  # the basis sum and Clenshaw round differently (float32)
     assert learned.lipschitz_bound() == pytest.approx(fixed.lipschitz_bound())
     learned(y).pow(2).sum().backward()
     assert learned.filter_correction.grad is not None and learned.filter_correction.grad.abs().sum() > 0
@@ -67,17 +67,17 @@ def test_learned_first_guess_norm_is_certified_after_training_moves_it():
 def test_contractive_bound_tends_to_a_limit_instead_of_growing_with_the_iterations():
     y = TinyPairs(1).y
     c, bounds = 0.8, {}
-    for k in (5, 20, 60):
-        m = model(iterations=k, contraction=c, max_step=0.5).eval()
+    for k in (4, 12, 40):
+        m = model(iterations=k, contraction=c, max_step=0.5, channels=2).eval()
         m(y)
         bounds[k] = m.lipschitz_bound()
         g = m.steps().max().item() * m.operator_norm()
         first = m._filter()[2]
         assert bounds[k] <= c ** k * first + c * g * (1 - c ** k) / (1 - c) + 1e-9
-    assert bounds[60] <= 0.8 * 1.0 / (1 - 0.8) + 1e-6  # the limit c g / (1 - c) with g <= 1
-    free = model(iterations=60, max_step=0.5).eval()
+    assert bounds[40] <= 0.8 * 1.0 / (1 - 0.8) + 1e-3  # the limit c g / (1 - c) with g <= 1
+    free = model(iterations=40, max_step=0.5, channels=2).eval()
     free(y)
-    assert free.lipschitz_bound() > 5 * bounds[60]  # without contraction: B_0 + K g
+    assert free.lipschitz_bound() > 5 * bounds[40]  # without contraction: B_0 + K g
 
 
 def test_contractive_model_certificate_holds_against_adversarial_search():

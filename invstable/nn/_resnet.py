@@ -9,11 +9,15 @@ from ._base import activation as get_activation
 
 
 class ResNetLayer(StableModule):
-    r"""Plain residual step, no constraint: :math:`Y \mapsto Y + h\,\sigma(K Y + b)`.
+    r"""Plain residual step, no constraint: :math:`Y \mapsto Y + h\,\sigma(K Y + b)`, or with ``hidden`` features
+    :math:`Y \mapsto Y + h\,V \sigma(K Y + b)` (``K``: channels to hidden, ``V``: hidden to channels, untied).
 
     Parameters
     ----------
     channels : int
+    hidden : int, optional
+        Width of the hidden features (the unconstrained twin of a wide gradient-flow layer, whose
+        :math:`W^\top \sigma(W Y + b)` it unties); default: no hidden layer (``K`` is square).
     step : float, default 1.0
     activation : {"tanh", "relu", "leaky_relu", "softplus"}, default "tanh"
     features, kernel_size, padding_mode, rng, dtype, device : see :class:`GradientFlowLayer`.
@@ -39,7 +43,8 @@ class ResNetLayer(StableModule):
     torch.Size([3, 2])
     """
 
-    def __init__(self, channels: int, *, step: float = 1.0, activation: str = "tanh", features: str = "image",
+    def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0, activation: str = "tanh",
+                 features: str = "image",
                  kernel_size: int = 3, padding_mode: str = "zeros", rng: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -47,24 +52,37 @@ class ResNetLayer(StableModule):
         self.channels, self.features = channels, features
         self.activation_name = activation
         self._sigma = get_activation(activation)
-        self.operator = make_operator(features, channels, channels, kernel_size=kernel_size,
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
+            raise ValueError(f"hidden must be a positive int (the width of the hidden features), got {hidden!r}")
+        self.hidden = hidden
+        width = channels if hidden is None else hidden
+        self.operator = make_operator(features, channels, width, kernel_size=kernel_size,
                                       padding_mode=padding_mode, margin=0.0, power_iterations=0, rng=rng,
                                       dtype=dtype, device=device)
-        self.bias = make_bias(features, channels, dtype, device)
+        # V, applied as the adjoint of a second (untied) map from channels to hidden
+        self.output = None if hidden is None else make_operator(
+            features, channels, hidden, kernel_size=kernel_size, padding_mode=padding_mode, margin=0.0,
+            power_iterations=0, rng=rng, dtype=dtype, device=device)
+        self.bias = make_bias(features, width, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, channels=self.channels, features=self.features, weight=self.operator.weight)
         if self.features == "image" and self.operator.input_size != tuple(x.shape[-2:]):
             # record the input size (the certified norm is taken at it); no iterations are needed
-            self.operator.init_iterations = 0
-            self.operator._ensure_vector(x)
-        return x + self.step * self._sigma(self.operator.apply(x) + self.bias)
+            for op in (self.operator, self.output):
+                if op is not None:
+                    op.init_iterations = 0
+                    op._ensure_vector(x)
+        z = self._sigma(self.operator.apply(x) + self.bias)
+        return x + self.step * (z if self.output is None else self.output.adjoint(z))
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        """``1 + h ||K||`` (certified, from the current weights)."""
+        """``1 + h ||K||`` (``1 + h ||V|| ||K||`` with hidden features; certified, from the current weights)."""
         check_finite_weights(self)
-        return 1.0 + self.step * self.operator.norm_bound()
+        gain = self.operator.norm_bound() * (1.0 if self.output is None else self.output.norm_bound())
+        return 1.0 + self.step * gain
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, step={self.step}, activation={self.activation_name!r}"
+        return (f"channels={self.channels}, hidden={self.hidden}, step={self.step}, "
+                f"activation={self.activation_name!r}")
