@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks._common import environment, write_result
+from benchmarks._common import RESULTS, environment, write_result
 
 BASE = {"iterations": 10, "channels": 8, "depth": 1, "hidden": 32, "max_step": 0.5, "init": "tikhonov"}
 INIT_ALPHA = {"ct-30": 0.005, "blur-g2": 0.01}
@@ -27,6 +28,8 @@ VARIANTS = {
     "narrow": ("hidden 8 (the width of the first shipped models)", {"hidden": 8}),
     "contraction-0.9": ("blocks contract by 0.9 (a bound that does not grow with K)", {"contraction": 0.9}),
     "learned-first-guess": ("the first guess's Chebyshev coefficients learned", {"init": "learned"}),
+    "contraction-0.9-anchored": ("blocks contract by 0.9 towards the first guess (anchor 0.1)",
+                                 {"contraction": 0.9, "anchor": 0.1}),
 }
 
 
@@ -59,6 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results-dir", default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the variants an earlier run of the same task, steps and validation count measured")
     args = p.parse_args(argv)
     if args.steps < 1 or args.validation < 1:
         p.error("--steps and --validation must be positive")
@@ -67,6 +72,15 @@ def main(argv=None) -> int:
                "command": "python -m benchmarks.ablation --task " + args.task + f" --steps {args.steps} "
                           f"--validation {args.validation} --variants " + " ".join(args.variants),
                "complete": False, "rows": []}
+    kept = {}
+    path = (RESULTS if args.results_dir is None else Path(args.results_dir)) / f"ablation-{args.task}.json"
+    if args.resume and path.is_file():
+        earlier = json.loads(path.read_text())
+        kept = {r["variant"]: {**r, "measured_at": r.get("measured_at", earlier["environment"]["git_commit"])}
+                for r in earlier["rows"] if r["steps"] == args.steps and earlier.get("validation") == args.validation}
+        payload["rows"] = [r for v, r in kept.items() if v not in args.variants]
+        payload["command"] += " --resume"
+    payload["validation"] = args.validation
     for v in args.variants:
         payload["rows"].append(trial(args.task, v, steps=args.steps, n_val=args.validation))
         payload["complete"] = len(payload["rows"]) == len(args.variants)

@@ -150,3 +150,29 @@ def test_load_model_by_task_refuses_unknown_tasks_and_mixed_arguments():
         invstable.load_model("ct30-gradflow", task="ct-30")
     with pytest.raises(TypeError, match="needs a model name"):
         invstable.load_model()
+
+
+def test_anchored_contraction_pulls_towards_the_first_guess_and_its_bound_holds():
+    y = TinyPairs(4, seed=5).y
+    c, a = 0.8, 0.2
+    m = model(iterations=8, contraction=c, anchor=a, channels=2, max_step=0.5).eval()
+    free = model(iterations=8, contraction=c, channels=2, max_step=0.5).eval()
+    free.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        x0 = m.first_guess(y)
+        # with the anchor the output stays near the first guess; without it the contraction shrinks it to zero
+        assert (m(y) - x0).norm() < (free(y) - x0).norm()
+    first, g = m._filter()[2], m.steps().max().item() * m.operator_norm()
+    bound = m.lipschitz_bound()
+    assert bound <= (c * g + a * first) / (1 - c) + first + 1e-9  # the limit, plus the decaying first term
+    for p in m.parameters():
+        p.requires_grad_(False)
+    ratio = lipschitz_search(m, y, radius=0.5, steps=40, restarts=2)
+    assert 0 < float(ratio.max()) <= bound
+
+
+def test_anchor_is_checked():
+    with pytest.raises(ValueError, match="anchor must be"):
+        model(anchor=1.5)
+    with pytest.raises(ValueError, match="needs init"):
+        model(anchor=0.1, init="zero")

@@ -78,6 +78,10 @@ class UnrolledInverse(nn.Module):
         ``(C, H, W)`` of one image; default: fixed by the first input. The model then refuses other sizes
         (its norms and certificate hold for this one). Needed before the first input only for an operator
         without its own ``norm_bound()`` (its norm is then estimated by power iteration on that shape).
+    anchor : float in [0, 1], default 0
+        Weight ``a`` of the first guess added to the image channels after every block:
+        :math:`x \leftarrow R_k(s)_x + a\,x_0`. With blocks contracting by ``c`` and ``a = 1 - c`` the contraction
+        pulls the image towards the first guess instead of towards zero; the bound gains ``a B_0`` per iteration.
     seed : int, default 0
         Seed of the initial weights.
     **options
@@ -95,7 +99,7 @@ class UnrolledInverse(nn.Module):
 
     .. math::
 
-        B_0 = \max_{0 \le s \le \|A\|} |s\,p(s^2)| \ (0 \text{ for } x_0 = 0), \qquad B_k = L_k \,(d_k B_{k-1} + \tau_k \|A\|),
+        B_0 = \max_{0 \le s \le \|A\|} |s\,p(s^2)| \ (0 \text{ for } x_0 = 0), \qquad B_k = L_k \,(d_k B_{k-1} + \tau_k \|A\|) + a B_0,
 
     and the projection onto the image channels has norm 1. For the gradient-flow family
     (:math:`L_k \le 1`) and ``max_step <= 0.5`` (:math:`\tau_k \le 1/\|A\|^2`) this is at most
@@ -117,7 +121,7 @@ class UnrolledInverse(nn.Module):
     def __init__(self, operator, *, family: str = "gradient_flow", iterations: int = 8, channels: int = 8,
                  depth: int = 2, step: float = 1.0, max_step: float = 0.5, image_channels: int = 1,
                  image_shape: tuple[int, ...] | None = None, init: str = "tikhonov", init_alpha: float = 0.02,
-                 init_degree: int = 30, seed: int = 0, **options) -> None:
+                 init_degree: int = 30, anchor: float = 0.0, seed: int = 0, **options) -> None:
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"family={family!r} is not known; valid families: {sorted(FAMILIES)}")
@@ -135,6 +139,11 @@ class UnrolledInverse(nn.Module):
             raise ValueError(f"init_alpha must be a positive number, got {init_alpha!r}")
         if isinstance(init_degree, bool) or not isinstance(init_degree, int) or not 1 <= init_degree <= 200:
             raise ValueError(f"init_degree must be an int in [1, 200], got {init_degree!r}")
+        if not (isinstance(anchor, (int, float)) and 0 <= anchor <= 1):
+            raise ValueError(f"anchor must be a weight in [0, 1], got {anchor!r}")
+        if anchor and init == "zero":
+            raise ValueError("anchor pulls the image towards the first guess: it needs init='tikhonov' or 'learned'")
+        self.anchor = float(anchor)
         self.init, self.init_alpha, self.init_degree = init, float(init_alpha), init_degree
         self._filter_cache = None
         if init == "learned":
@@ -227,11 +236,14 @@ class UnrolledInverse(nn.Module):
         taus = self.steps().to(aty)
         s = aty.new_zeros((aty.shape[0], self.channels) + tuple(aty.shape[2:]))
         if self.init != "zero":
-            s = torch.cat([self.first_guess(y).to(s.dtype), s[:, c:]], dim=1)
+            x0 = self.first_guess(y).to(s.dtype)
+            s = torch.cat([x0, s[:, c:]], dim=1)
         for k, block in enumerate(self.blocks):
             x = s[:, :c].to(aty.dtype)  # the operator runs in the measurement's precision (also under autocast)
             x = x - taus[k] * (op.A_adjoint(op.A(x)) - aty)
             s = block(torch.cat([x, s[:, c:]], dim=1))
+            if self.anchor:  # contractive blocks then pull towards the first guess instead of towards zero
+                s = torch.cat([s[:, :c] + self.anchor * x0.to(s.dtype), s[:, c:]], dim=1)
         return s[:, :c]
 
     # ------------------------------------------------------------------ certificate
@@ -244,10 +256,11 @@ class UnrolledInverse(nn.Module):
         if self.family == "unconstrained":
             return math.inf
         norm_a = self.operator_norm()
-        bound = self._filter()[2] if self.init != "zero" else 0.0
+        first = self._filter()[2] if self.init != "zero" else 0.0
+        bound = first
         for tau, block in zip(self.steps().double().tolist(), self.blocks):
             damp = max(1.0, tau * norm_a ** 2 - 1.0)
-            bound = block.lipschitz_bound() * (damp * bound + tau * norm_a)
+            bound = block.lipschitz_bound() * (damp * bound + tau * norm_a) + self.anchor * first
         return bound
 
     # ------------------------------------------------------------------ training aids
@@ -288,7 +301,7 @@ class UnrolledInverse(nn.Module):
             "channels": self.channels, "depth": self.depth, "step": self.step, "max_step": self.max_step,
             "image_channels": self.image_channels,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
-            "init": self.init, "init_alpha": self.init_alpha, "init_degree": self.init_degree,
+            "init": self.init, "init_alpha": self.init_alpha, "init_degree": self.init_degree, "anchor": self.anchor,
             "seed": self.seed, "options": dict(self.options),
         }
 

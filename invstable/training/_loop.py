@@ -416,7 +416,9 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
             raise ValueError(f"the checkpoint was made with other training settings ({changed}); resume with the "
                              "same settings or start a new run")
         mine = {k: v for k, v in model.config().items() if k not in ("depth", "step", "image_shape")}
-        theirs = {k: v for k, v in state["model_config"].items() if k not in ("depth", "step", "image_shape")}
+        # the checkpoint's configuration as this version reads it (settings added since take their defaults)
+        theirs = _normalised_config(state["model_config"], model)
+        theirs = {k: v for k, v in theirs.items() if k not in ("depth", "step", "image_shape")}
         differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differ:
             raise ValueError(f"the checkpoint holds another model (different {differ}); resume with the model it "
@@ -487,6 +489,14 @@ def train(model: UnrolledInverse, train_data, *, validation=None, config: TrainC
         final = model
     return TrainResult(model=final.eval(), history=history, best_step=best["step"], best_psnr=best["psnr"],
                        steps=step)
+
+
+def _normalised_config(config: dict, model: UnrolledInverse) -> dict:
+    """``config`` (a checkpoint's) rebuilt by this version: keys it lacks get their current defaults."""
+    try:
+        return type(model).from_config(config, operator=model.operator).config()
+    except (TypeError, ValueError):
+        return dict(config)  # not buildable here: compared as it is (the difference is then reported)
 
 
 def _cpu(weights: dict) -> dict:
