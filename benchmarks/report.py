@@ -81,14 +81,23 @@ def quality_section(payload, rel, folder) -> list[str]:
         if t.get("measured_at") and t["measured_at"] != (payload.get("environment") or {}).get("git_commit"):
             lines[-2:-2] = [f"Measured at commit `{str(t['measured_at'])[:10]}` by an earlier run of the same size "
                             "(kept by `--resume`).", ""]
+        notes = []
         for r in t["rows"]:
             if r.get("missing"):
                 lines.append(f"| {r['method']} | missing: {r['why']} | | | | | |")
                 continue
-            lines.append(f"| {r['method']} | {_f(r['psnr_mean'])} ± {_f(r['psnr_std'])} | {_f(r['ssim_mean'], 3)} | "
+            mark = ""
+            if r.get("from") or (r.get("measured_at") and r["measured_at"] != t.get("measured_at")):
+                mark = f" [{len(notes) + 1}]"
+                notes.append(f"[{len(notes) + 1}] {r['method']}: measured at commit `{str(r.get('measured_at'))[:10]}`"
+                             + (f", from {r['from']}" if r.get("from") else " by `--resume --models`")
+                             + " on the same test images.")
+            lines.append(f"| {r['method']}{mark} | {_f(r['psnr_mean'])} ± {_f(r['psnr_std'])} | {_f(r['ssim_mean'], 3)} | "
                          f"{_f(r['relative_error_mean'], 3)} | {_f(r.get('lipschitz_bound'))} | "
                          f"{r.get('bound_kind', '')} | {_f(r['seconds'], 1)} |")
         lines.append("")
+        if notes:
+            lines += [" ".join(notes), ""]
         lines += _grid_edges(t.get("tuning", {}))
         _targets(lines, t.get("targets"))
     _figure(lines, rel, folder, "quality.png", "reconstructions side by side")
@@ -246,6 +255,54 @@ def universal_section(payload, rel, folder) -> list[str]:
     return lines
 
 
+def certified_section(folder: Path, rel: str) -> list[str]:
+    """Issue 12's certified models: the model recommended per task, the short-trial ablation, the learning curves."""
+    lines = ["## Certified models: recommendation, ablation, learning curves", ""]
+    rec_path = Path(__file__).resolve().parent.parent / "invstable" / "models" / "pretrained" / "recommended.json"
+    if rec_path.is_file():
+        rec = json.loads(rec_path.read_text())
+        lines += ["`invstable.load_model(task=...)` returns the certified model with the highest mean PSNR on the "
+                  "first validation images of the task (`python scripts/select_models.py`; never test images):", "",
+                  "| task | recommended | candidate | validation PSNR | certified bound |", "|---|---|---|---|---|"]
+        for task, choice in rec.items():
+            for name, row in sorted(choice["candidates"].items(), key=lambda kv: -kv[1]["validation_psnr"]):
+                lines.append(f"| {task} ({choice['validation_count']} images) | {'**yes**' if name == choice['name'] else ''} "
+                             f"| {name} | {_f(row['validation_psnr'])} | {_f(row['lipschitz_bound'])} |")
+        lines.append("")
+    for path in sorted(folder.glob("ablation-*.json")):
+        payload = json.loads(path.read_text())
+        lines += [f"### Ablation on {payload['task']} (short trials)", ""] + _provenance(payload)
+        lines += ["Each variant changes one thing against the reference and is trained with the same seed, batches, "
+                  "schedule and step count; validation PSNR (best of the curve) on the first "
+                  f"{payload.get('validation', '?')} validation images. A short trial ranks designs; it does not "
+                  "say where a long run ends.", "",
+                  "| variant | what it changes | steps | validation PSNR | bound | weights | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in payload["rows"]:
+            lines.append(f"| {r['variant']} | {r['what']} | {r['steps']} | {_f(r['validation_psnr'])} | "
+                         f"{_f(r['lipschitz_bound'])} | {r['parameters']} | {_f(r['seconds'], 0)} |")
+        lines.append("")
+    curves = sorted(folder.glob("training-*.json"))
+    if curves:
+        lines += ["### Learning curves of the wide models", "",
+                  "Validation PSNR against steps and seconds (`scripts/train_certified.py`; the checkpoint in "
+                  "`checkpoints/NAME/` continues the schedule with `--resume`).", "",
+                  "| model | task | steps run / schedule | best validation PSNR (step) | bound | budget (2x Tikhonov) | "
+                  "weights | seconds (device, threads) |", "|---|---|---|---|---|---|---|---|"]
+        for path in curves:
+            r = json.loads(path.read_text())
+            name = path.stem[len("training-"):]
+            best = max(r["curve"], key=lambda c: c["validation_psnr"]) if r["curve"] else {}
+            lines.append(f"| {name} | {r['task']} | {r['steps']} / {r['schedule_steps']} | "
+                         f"{_f(best.get('validation_psnr'))} ({best.get('step', '-')}) | {_f(r['lipschitz_bound'])} | "
+                         f"{_f(2 * r['tikhonov_constant'])} | {r['parameters']} | "
+                         f"{_f(r['curve'][-1]['seconds'] if r['curve'] else None, 0)} ({r['device']}, {r['threads']}) |")
+        lines.append("")
+        for path in curves:
+            _figure(lines, rel, folder, path.with_suffix(".png").name, f"learning curve of {path.stem[9:]}")
+    return lines
+
+
 def render(folder: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Write the page from the JSON in ``folder`` (default benchmarks/results) to ``out`` atomically."""
     folder = Path(folder) if folder is not None else RESULTS
@@ -264,6 +321,7 @@ def render(folder: str | Path | None = None, out: str | Path | None = None) -> P
             lines += [f"## {name.capitalize()}", "", f"No `{name}.json` yet: run `python -m benchmarks.{name}`.", ""]
         else:
             lines += section(payload, rel, folder)
+    lines += certified_section(folder, rel)
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     return out
 
