@@ -30,6 +30,8 @@ VARIANTS = {
     "learned-first-guess": ("the first guess's Chebyshev coefficients learned", {"init": "learned"}),
     "contraction-0.9-anchored": ("blocks contract by 0.9 towards the first guess (anchor 0.1)",
                                  {"contraction": 0.9, "anchor": 0.1}),
+    "multiscale": ("every other block at half resolution (pixel unshuffle)", {"scales": (1, 2)}),
+    "spline": ("learned monotone spline activations instead of ReLU", {"activation": "spline"}),
 }
 
 

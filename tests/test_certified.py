@@ -176,3 +176,47 @@ def test_anchor_is_checked():
         model(anchor=1.5)
     with pytest.raises(ValueError, match="needs init"):
         model(anchor=0.1, init="zero")
+
+
+# ---------------------------------------------------------------------------------------------- capacity
+def test_pixel_unshuffle_is_an_isometry_and_a_resampled_block_keeps_its_bound():
+    from invstable.nn import Resampled, stable_network
+
+    x, z = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    u = torch.nn.functional.pixel_unshuffle
+    assert torch.allclose(u(x, 2).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))
+    block = Resampled(stable_network("gradient_flow", channels=16, depth=2, hidden=24), 2).eval()
+    block(x)
+    assert block.lipschitz_bound() == pytest.approx(block.network.lipschitz_bound())
+    with torch.no_grad():
+        ratio = (block(x) - block(z)).flatten(1).norm(dim=1) / (x - z).flatten(1).norm(dim=1)
+    assert float(ratio.max()) <= block.lipschitz_bound()
+    with pytest.raises(ValueError, match="divisible by 2"):
+        block(torch.randn(1, 4, 7, 8))
+
+
+@pytest.mark.parametrize("options", [{"scales": (1, 2)}, {"activation": "spline"}],
+                         ids=["multiscale", "spline"])
+def test_wider_models_certificate_holds_against_adversarial_search(options):
+    torch.manual_seed(0)
+    m = model(iterations=4, channels=2, hidden=16, **options)
+    m = train(m, TinyPairs(16), config=config(steps=10, lr=3e-2, checkpoint_every=100)).model.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    bound = m.lipschitz_bound()
+    y = TinyPairs(4, seed=6).y
+    ratio = lipschitz_search(m, y, radius=0.5, steps=40, restarts=2)
+    assert 0 < float(ratio.max()) <= bound
+
+
+def test_spline_activations_stay_monotone_and_1_lipschitz_whatever_their_weights():
+    from invstable.nn import GradientFlowLayer
+
+    layer = GradientFlowLayer(2, hidden=6, activation="spline", dtype=torch.float64)
+    with torch.no_grad():
+        layer.spline.raw_slopes.normal_(0, 3)  # slopes far outside [0, 1] before the projection
+    t = torch.linspace(-4, 4, 801, dtype=torch.float64).view(1, 1, -1).repeat(1, 6, 1)
+    with torch.no_grad():
+        s = layer.spline(t)
+    d = s.diff(dim=-1) / t.diff(dim=-1)
+    assert float(d.min()) >= -1e-9 and float(d.max()) <= 1 + 1e-9

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..nn import prolong as prolong_network
-from ..nn import refresh_spectral_norms, stable_network, time_smoothness
+from ..nn import Resampled, refresh_spectral_norms, stable_network, time_smoothness
 from ..operators import as_operator, norm_bound
 from ._initial import (apply_filter, chebyshev_basis, chebyshev_coefficients, combine_basis,
                        filter_norm_bound)
@@ -36,6 +36,11 @@ DEFAULT_OPTIONS = {
     "dense": {"max_norm": 0.05},
     "unconstrained": {"activation": "relu"},
 }
+
+
+def _inner(block: nn.Module) -> nn.Module:
+    """The stable network of a block (inside its resampling for a coarse-scale block)."""
+    return block.network if isinstance(block, Resampled) else block
 
 
 class UnrolledInverse(nn.Module):
@@ -78,6 +83,10 @@ class UnrolledInverse(nn.Module):
         ``(C, H, W)`` of one image; default: fixed by the first input. The model then refuses other sizes
         (its norms and certificate hold for this one). Needed before the first input only for an operator
         without its own ``norm_bound()`` (its norm is then estimated by power iteration on that shape).
+    scales : sequence of int, default (1,)
+        Block ``k`` runs on a grid ``scales[k % len(scales)]`` times coarser, through pixel unshuffle and
+        shuffle (:class:`invstable.nn.Resampled`: isometries, so its bound is the network's); e.g. ``(1, 2)``
+        alternates the full and the half resolution, for a wider receptive field at the same cost.
     anchor : float in [0, 1], default 0
         Weight ``a`` of the first guess added to the image channels after every block:
         :math:`x \leftarrow R_k(s)_x + a\,x_0`. With blocks contracting by ``c`` and ``a = 1 - c`` the contraction
@@ -121,7 +130,7 @@ class UnrolledInverse(nn.Module):
     def __init__(self, operator, *, family: str = "gradient_flow", iterations: int = 8, channels: int = 8,
                  depth: int = 2, step: float = 1.0, max_step: float = 0.5, image_channels: int = 1,
                  image_shape: tuple[int, ...] | None = None, init: str = "tikhonov", init_alpha: float = 0.02,
-                 init_degree: int = 30, anchor: float = 0.0, seed: int = 0, **options) -> None:
+                 init_degree: int = 30, anchor: float = 0.0, scales=(1,), seed: int = 0, **options) -> None:
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"family={family!r} is not known; valid families: {sorted(FAMILIES)}")
@@ -144,6 +153,12 @@ class UnrolledInverse(nn.Module):
         if anchor and init == "zero":
             raise ValueError("anchor pulls the image towards the first guess: it needs init='tikhonov' or 'learned'")
         self.anchor = float(anchor)
+        try:
+            self.scales = tuple(int(f) for f in scales)
+        except (TypeError, ValueError):
+            raise ValueError(f"scales must be a sequence of positive ints such as (1, 2), got {scales!r}") from None
+        if not self.scales or any(f < 1 or f != g for f, g in zip(self.scales, scales)):
+            raise ValueError(f"scales must be a sequence of positive ints such as (1, 2), got {scales!r}")
         self.init, self.init_alpha, self.init_degree = init, float(init_alpha), init_degree
         self._filter_cache = None
         if init == "learned":
@@ -157,10 +172,12 @@ class UnrolledInverse(nn.Module):
         self.image_shape = None if image_shape is None else tuple(int(n) for n in image_shape)
         self.options = {**DEFAULT_OPTIONS[family], **options}
         rng = torch.Generator().manual_seed(self.seed)
-        self.blocks = nn.ModuleList(
-            stable_network(FAMILIES[family], channels=channels, depth=depth, step=self.step, rng=rng,
-                           **self.options)
-            for _ in range(iterations))
+        self.blocks = nn.ModuleList()
+        for k in range(iterations):
+            f = self.scales[k % len(self.scales)]  # block k runs f times coarser (pixel unshuffle: an isometry)
+            net = stable_network(FAMILIES[family], channels=channels * f * f, depth=depth, step=self.step, rng=rng,
+                                 **self.options)
+            self.blocks.append(net if f == 1 else Resampled(net, f))
         # tau_k = tau_max * sigmoid(theta_k), starting at 0.88 tau_max
         self.step_logits = nn.Parameter(torch.full((iterations,), 2.0))
 
@@ -266,7 +283,7 @@ class UnrolledInverse(nn.Module):
     # ------------------------------------------------------------------ training aids
     def time_smoothness(self) -> torch.Tensor:
         """Sum over the blocks of :func:`invstable.nn.time_smoothness` (zero for one-layer blocks)."""
-        terms = [time_smoothness(b) for b in self.blocks if self.family != "dense" and self.depth > 1]
+        terms = [time_smoothness(_inner(b)) for b in self.blocks if self.family != "dense" and self.depth > 1]
         if not terms:
             return self.step_logits.new_zeros(())
         return torch.stack(terms).sum()
@@ -276,7 +293,8 @@ class UnrolledInverse(nn.Module):
         up to the discretisation error; see :func:`invstable.nn.prolong`)."""
         new = type(self).from_config(self.config(), operator=self.operator)
         new.depth, new.step = 2 * self.depth, self.step / 2
-        new.blocks = nn.ModuleList(prolong_network(b) for b in self.blocks)
+        new.blocks = nn.ModuleList(prolong_network(b) if not isinstance(b, Resampled)
+                                   else Resampled(prolong_network(b.network), b.factor) for b in self.blocks)
         with torch.no_grad():
             new.step_logits.copy_(self.step_logits)
             if self.init == "learned":
@@ -288,8 +306,9 @@ class UnrolledInverse(nn.Module):
         """Converge the power iterations of every constrained layer (after loading or editing weights), at
         the model's image size once it is known; ``reseed`` starts them from the fixed seed vector (the
         result is then a function of the weights alone)."""
-        size = None if self.image_shape is None else tuple(self.image_shape[-2:])
         for block in self.blocks:
+            f = block.factor if isinstance(block, Resampled) else 1
+            size = None if self.image_shape is None else tuple(n // f for n in self.image_shape[-2:])
             refresh_spectral_norms(block, input_size=size, reseed=reseed)
         return self
 
@@ -302,6 +321,7 @@ class UnrolledInverse(nn.Module):
             "image_channels": self.image_channels,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "init": self.init, "init_alpha": self.init_alpha, "init_degree": self.init_degree, "anchor": self.anchor,
+            "scales": list(self.scales),
             "seed": self.seed, "options": dict(self.options),
         }
 

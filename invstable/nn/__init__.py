@@ -14,6 +14,7 @@ from ._network import SCHEMES as SCHEMES
 from ._network import HamiltonianNetwork as HamiltonianNetwork
 from ._network import StableSequential as StableSequential
 from ._network import stable_network as stable_network
+from ._resample import Resampled as Resampled
 from ._resnet import ResNetLayer as ResNetLayer
 from ._spectral import INIT_ITERATIONS as INIT_ITERATIONS
 from ._spectral import SAFETY_MARGIN as SAFETY_MARGIN

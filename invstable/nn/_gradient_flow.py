@@ -29,8 +29,10 @@ class GradientFlowLayer(StableModule):
         Rows of ``W`` (output channels of the convolution); default ``channels``.
     step : float, default 1.0
         Requested step ``h``; the step actually taken is ``min(h, 2 / (||W||_est^2 + 2 mu))``.
-    activation : {"relu", "leaky_relu", "tanh", "softplus"}, default "relu"
+    activation : {"relu", "leaky_relu", "tanh", "softplus", "spline"}, default "relu"
         Monotone and 1-Lipschitz, so that ``sigma = phi'`` for a convex ``phi`` with ``phi''`` in [0, 1].
+        "spline" learns one such activation per hidden feature (:class:`invstable.nn.MonotoneSpline`, slopes
+        projected onto [0, 1]; starts as a clipping at +-1, the identity in between).
     step_control : {"clamp", "split"}, default "clamp"
         "clamp" takes one step of size ``min(h, h_max)``. "split" takes ``n = ceil(h / h_max)`` sub-steps of
         ``h / n``; ``n`` is a host-side integer recomputed by :meth:`update_substeps` (called by
@@ -106,7 +108,13 @@ class GradientFlowLayer(StableModule):
         hidden = channels if hidden is None else hidden
         self.channels, self.hidden, self.features = channels, hidden, features
         self.activation_name = activation
-        self._sigma = get_activation(activation)
+        if activation == "spline":  # learned, monotone and 1-Lipschitz by projection: the same proof holds
+            from ._ridge import MonotoneSpline
+
+            self.spline = MonotoneSpline(hidden, knots=41, span=2.0, threshold=1.0, dtype=dtype, device=device)
+            self._sigma = self.spline
+        else:
+            self._sigma = get_activation(activation)
         self.step_control = step_control
         if isinstance(max_substeps, bool) or not isinstance(max_substeps, int) or max_substeps < 1:
             raise ValueError(f"max_substeps must be a positive int, got {max_substeps!r}")
