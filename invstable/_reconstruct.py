@@ -99,6 +99,8 @@ def read_array(path: str | os.PathLike, key: str | None = None) -> tuple[np.ndar
     suffix = path.suffix.lower()
     if suffix not in READABLE:
         raise ValueError(f"cannot read {str(path)!r}: unknown extension {suffix!r}; use one of {READABLE}")
+    if path.is_dir():
+        raise ValueError(f"--input {path} is a folder; give a file")
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
     if key is not None and suffix not in HDF5:
@@ -296,7 +298,7 @@ def _refuse_unused_options(args, kind: str) -> None:
         if getattr(args, attr) is not None and kind not in users:
             raise ValueError(f"{flag} does not apply to --method {name.get(kind, kind)}: it sets {what}; leave it out")
     if not args.operator:
-        given = [flag for flag, attr in OPERATOR_OPTIONS if getattr(args, attr)]
+        given = [flag for flag, attr in OPERATOR_OPTIONS if getattr(args, attr) not in (None, [])]
         if given:
             raise ValueError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} an operator: give "
                              "--operator NAME with them (with a model, its operator is then checked against it)")

@@ -378,3 +378,57 @@ def test_a_flag_a_model_ignores_is_refused(method, flag, message, sino, tmp_path
     argv = ["reconstruct", "--method", method, "--input", str(sino), "--out", str(tmp_path / "x.npy"), *flag]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_full_disk_is_foreseen_and_stops_the_make_resumably(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10_000, 9_000, 1_000))
+    with pytest.warns(UserWarning, match=r"d\.h5: 12 pairs take up to .* before compression and 1000 B are free"):
+        make_dataset(tmp_path / "d.h5", small_pairs(count=12), progress=False)
+    monkeypatch.undo()
+
+    class Full(torch.utils.data.Dataset):  # the disk fills at sample 20
+        def __init__(self, source):
+            self.source = source
+
+        def __len__(self):
+            return len(self.source)
+
+        def __getitem__(self, index):
+            if index == 20:
+                raise OSError(28, "No space left on device")
+            return self.source[index]
+
+        def config(self):
+            return self.source.config()
+
+    pairs = small_pairs(count=40, seed=6, noise_seed=6)
+    pairs.source = Full(pairs.source)
+    out = tmp_path / "full.h5"
+    with pytest.raises(DatasetFileError, match=r"full\.h5: the make stopped \(OSError: \[Errno 28\] No space left "
+                                                r"on device\); the samples written so far are kept in "
+                                                r"\.full\.h5\.partial"):
+        make_dataset(out, pairs, progress=False)
+    resumed = make_dataset(out, small_pairs(count=40, seed=6, noise_seed=6), progress=False)
+    assert resumed.resumed_from == 16 and not lock_path(out).exists()
+
+
+def test_an_hdf5_image_file_removed_after_opening_is_named(tmp_path):
+    from invstable.data import HDF5Images
+
+    path = tmp_path / "imgs.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((2, 4, 4))
+    source = HDF5Images(path, key="x")
+    path.unlink()
+    with pytest.raises(ImageReadError, match=r"imgs\.h5: cannot be reopened"):
+        source[0]
+
+
+def test_a_folder_as_input_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "dir.npy").mkdir()
+    assert main(_fbp(tmp_path / "dir.npy", tmp_path / "x.npy")) == 2
+    assert "is a folder; give a file" in capsys.readouterr().err

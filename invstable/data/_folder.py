@@ -306,7 +306,10 @@ class HDF5Images(torch.utils.data.Dataset):
 
         index = _check_index(index, len(self), type(self).__name__)
         if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            try:
+                self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            except OSError as error:
+                raise ImageReadError(self.path, f"cannot be reopened ({error})") from None
         try:
             a = self._file[self.key][index]
         except OSError as error:

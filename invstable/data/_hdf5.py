@@ -143,6 +143,24 @@ def _fsync_folder(folder: Path) -> None:
         pass
 
 
+def _warn_if_disk_is_short(out: Path, meta: dict, remaining: int) -> None:
+    """Warn, before writing, if the samples still to write would not fit uncompressed on the disk of ``out``."""
+    import shutil
+    import warnings
+
+    per_sample = 4 * (int(np.prod(meta["x_shape"])) + int(np.prod(meta["y_shape"]))) + 8 + 32
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        return
+    if remaining * per_sample > free:
+        from ._memory import format_bytes
+
+        warnings.warn(f"{out}: {remaining} pairs take up to {format_bytes(remaining * per_sample)} before "
+                      f"compression and {format_bytes(free)} are free there; if the disk fills, the make stops "
+                      "and can be resumed once there is room", stacklevel=3)
+
+
 def _input_files(config) -> list[Path]:
     """The files a source reads, from its ``config()`` (the ``path`` of every part)."""
     found = []
@@ -297,6 +315,7 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
             tmp.unlink(missing_ok=True)
             f = _create(tmp, meta)
         resumed_from = start
+        _warn_if_disk_is_short(out, meta, count - start)
         try:
             with tqdm(total=count, initial=start, disable=not progress, desc=out.name, unit="pair") as bar:
                 for lo in range(start, count, BLOCK):
@@ -319,8 +338,9 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
             f.attrs["complete"] = True
             f.flush()
         except OSError as error:  # a full disk, a removed folder: the partial file stays for a resume
-            raise DatasetFileError(tmp, f"writing failed ({error}); the samples written so far are kept: fix the "
-                                        "cause and run the same make again to resume") from None
+            raise DatasetFileError(out, f"the make stopped ({type(error).__name__}: {error}); the samples written "
+                                        f"so far are kept in {tmp.name}: fix the cause and run the same make "
+                                        "again to resume") from None
         finally:
             f.close()
         with open(tmp, "rb+") as handle:
