@@ -16,7 +16,7 @@ format                    digest
 ========================  =====================================================================================
 
 Before anything is allocated, the memory a header describes is estimated (:func:`check_model_size`) and a
-model larger than this machine's memory is refused with the figure.
+model larger than the memory available here is refused with the figure.
 """
 
 from __future__ import annotations
@@ -146,25 +146,16 @@ def read_safetensors(path: str | os.PathLike, *, formats: tuple[str, ...],
 
 
 # ---------------------------------------------------------------------------------------------- memory
-def _physical_memory() -> int | None:
-    """Bytes of RAM of this machine (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2 ** 30:.1f} GiB"
-
-
 def check_memory(needed: int, *, what: str, where: str, limit: int | None = None) -> None:
-    """Raise :class:`ModelFileError` if ``needed`` bytes exceed ``limit`` (default: this machine's RAM)."""
-    limit = _physical_memory() if limit is None else limit
+    """Raise :class:`ModelFileError` if ``needed`` bytes exceed ``limit`` (default: the memory available here, as
+    :func:`invstable.data._memory.available_memory` tells it; nothing is refused where it cannot be told)."""
+    from ..data._memory import available_memory, format_bytes
+
+    limit = available_memory() if limit is None else limit
     if limit is not None and needed > limit:
-        raise ModelFileError(f"{where}: its header describes {what}, which needs about {_gib(needed)} of memory to "
-                             f"load, more than this machine's {_gib(limit)}; the header is damaged or the model "
-                             "was not made for this machine (nothing was allocated)")
+        raise ModelFileError(f"{where}: its header describes {what}, which needs about {format_bytes(needed)} of "
+                             f"memory to load, but only {format_bytes(limit)} is available here; the header is "
+                             "damaged or the model was not made for this machine (nothing was allocated)")
 
 
 def _count(config: dict, key: str, where: str, *, default=None) -> int:
@@ -199,7 +190,7 @@ def _image_size(model_config: dict, operator_config: dict, where: str) -> tuple[
 
 def check_model_size(model_config: dict, operator_config: dict, *, where: str, limit: int | None = None) -> int:
     """Estimate the memory an :class:`UnrolledInverse` described by a file's header needs to be loaded and
-    run on one image, and refuse (:class:`ModelFileError`, with the figure) more than this machine has.
+    run on one image, and refuse (:class:`ModelFileError`, with the figure) more than the memory available here.
 
     The estimate counts float32 values: the weights (``iterations * depth`` layers of ``width^2 k^2``), the
     power-iteration vectors of every layer (two images of ``width`` channels) and the states of one forward
