@@ -369,4 +369,5 @@ def test_weights_say_what_they_received():
     assert tv(y, op, torch.tensor(0.01), max_iter=2).shape == y.shape  # a one-element tensor is a number
     with pytest.raises(ValueError, match="noise_level must be a real number"):
         choose_alpha(y, op, noise_level="loud")
-    assert "Blur(kernel=<shape (7, 7)" in repr(Tikhonov(op, 0.1)) and "Blur(kernel" in repr(invstable.TotalVariation(op, 0.1))
+    assert "Blur(kernel=<shape (7, 7)" in repr(Tikhonov(op, 0.1))
+    assert "Blur(kernel=<shape (7, 7)" in repr(invstable.TotalVariation(op, 0.1))

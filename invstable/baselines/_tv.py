@@ -48,7 +48,7 @@ class TotalVariation:
         if isinstance(lam, (torch.Tensor, np.ndarray)):
             if (lam.numel() if isinstance(lam, torch.Tensor) else lam.size) != 1:
                 raise ValueError(f"lam must be one number (TV uses one weight for the whole batch), got an array of "
-                                 f"shape {tuple(lam.shape)}; reconstruct the samples separately to give each its own lam")
+                                 f"shape {tuple(lam.shape)}; reconstruct the samples one by one to give each its lam")
             lam = lam.item()  # a one-element tensor or array is a number
         if isinstance(lam, bool) or not (isinstance(lam, numbers.Real) and math.isfinite(lam) and lam > 0):
             raise ValueError(f"lam must be a finite number > 0, got {lam!r}")

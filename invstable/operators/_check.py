@@ -79,7 +79,8 @@ def require_operator(op, name: str = "op") -> None:
     if isinstance(op, (tuple, list)) and len(op) == 2 and all(callable(f) for f in op):
         got = "a (forward, adjoint) pair of callables"
     elif callable(op):
-        got = f"the {'function' if hasattr(op, '__code__') else 'callable'} {getattr(op, '__qualname__', type(op).__name__)!r}"
+        kind = "function" if hasattr(op, "__code__") else "callable"
+        got = f"the {kind} {getattr(op, '__qualname__', type(op).__name__)!r}"
     else:
         got = f"a {type(op).__name__}"
     raise TypeError(

@@ -147,10 +147,9 @@ class MatrixOperator(Operator):
         return out.reshape(y.shape[0], *self.in_shape)
 
     def _repr_params(self) -> dict:
-        values = self.values if self.sparse else self.matrix
+        stored = [self.matrix] if not self.sparse else [self.values, self.col_indices, self.crow_indices]
         return {"shape": (self.out_size, self.n_columns), "in_shape": self.in_shape, "sparse": self.sparse,
-                "digest": digest(values if not self.sparse else torch.cat(
-                    [values.detach().double().cpu(), self.col_indices.double().cpu(), self.crow_indices.double().cpu()]))}
+                "digest": digest(torch.cat([t.detach().double().cpu().reshape(-1) for t in stored]))}
 
 
 class CallableOperator(Operator):
