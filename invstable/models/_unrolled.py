@@ -11,6 +11,7 @@ from torch import nn
 from ..nn import prolong as prolong_network
 from ..nn import Resampled, refresh_spectral_norms, stable_network, time_smoothness
 from ..operators import as_operator, norm_bound
+from ..operators._check import verify_adjoint
 from ._initial import (apply_filter, chebyshev_basis, chebyshev_coefficients, combine_basis,
                        filter_norm_bound)
 
@@ -184,7 +185,11 @@ class UnrolledInverse(nn.Module):
     # ------------------------------------------------------------------ the map y -> x
     def operator_norm(self) -> float:
         """Certified upper bound on ``||A||`` (see :func:`invstable.operators.norm_bound`)."""
-        return norm_bound(self.operator, self.image_shape)
+        norm = norm_bound(self.operator, self.image_shape)
+        if not norm > 0:
+            raise ValueError(f"the operator {self.operator!r} has norm {norm}: it maps every image to zero, so "
+                             "there is nothing to reconstruct from its measurements")
+        return norm
 
     def _tikhonov_filter(self):
         """``(coefficients, top, certified norm)`` of the Tikhonov-Chebyshev filter (cached per ``||A||``)."""
@@ -249,6 +254,8 @@ class UnrolledInverse(nn.Module):
             # ||A||, the steps, the first guess and the layer norms are certified for one image size
             raise ValueError(f"this model is built and certified for images of shape {self.image_shape}, but A^T y "
                              f"has shape {tuple(aty.shape[1:])}; build a model for that size")
+        # a wrong adjoint makes every data step silently wrong: measured once per operator and shape (cached)
+        verify_adjoint(op, in_shape=self.image_shape, dtype=aty.dtype, device=aty.device)
         c = self.image_channels
         taus = self.steps().to(aty)
         s = aty.new_zeros((aty.shape[0], self.channels) + tuple(aty.shape[2:]))
