@@ -14,7 +14,7 @@ def _demo(args) -> int:
 
 
 def _models(args) -> int:
-    from .models import PRETRAINED, list_models, model_info
+    from .models import PRETRAINED, list_models, model_info, recommended
 
     shipped = list_models()
     for name, what in PRETRAINED.items():
@@ -29,8 +29,17 @@ def _models(args) -> int:
             print(f"{name:<20} {what}; trained {steps} steps as a denoiser; validation presets: {presets or 'none'}")
             continue
         rec = info.get("training", {})
+        recipe = f"; recipe: {rec['recipe']}" if rec.get("recipe") else ""
         print(f"{name:<20} {what}; validation PSNR {rec.get('validation_psnr', float('nan')):.2f} dB, "
-              f"certified Lipschitz bound {rec.get('lipschitz_bound', float('nan')):.2f}")
+              f"certified Lipschitz bound {rec.get('lipschitz_bound', float('nan')):.2f}{recipe}")
+    table = recommended()
+    if table:
+        print("\nload_model(task=...) returns (chosen on validation data; PSNR on the same validation images):")
+        for task, choice in table.items():
+            scores = ", ".join(f"{n} {row['validation_psnr']:.2f} dB (bound {row['lipschitz_bound']:.2f})"
+                               for n, row in sorted(choice["candidates"].items(),
+                                                    key=lambda kv: -kv[1]["validation_psnr"]))
+            print(f"  {task:<8} {choice['name']}  [{choice['validation_count']} images: {scores}]")
     return 0
 
 

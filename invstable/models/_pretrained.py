@@ -16,6 +16,8 @@ PRETRAINED = {
     "blur-gradflow": "Blur-G2, gradient-flow (non-expansive) unrolled inverse",
     "blur-hamiltonian": "Blur-G2, Hamiltonian (Verlet) unrolled inverse",
     "blur-unconstrained": "Blur-G2, unconstrained ResNet unrolled inverse (the baseline, no certificate)",
+    "ct30-wide": "CT-30, wide gradient-flow unrolled inverse (10 iterations, 32 hidden features, learned first guess)",
+    "blur-wide": "Blur-G2, wide gradient-flow unrolled inverse (10 iterations, 32 hidden features, learned first guess)",
     "universal": "any operator: learned convex ridge regulariser (variational, certified 1/(2 sqrt m))",
 }
 
