@@ -6,8 +6,12 @@ contraction is chosen so that the certified bound of the whole map cannot exceed
 Tikhonov's exact constant at its validation alpha), whatever the training does to the steps (see
 docs/models.md, "Certificates that do not grow with the iterations").
 
-Training checkpoints go to checkpoints/<name>/checkpoint.pt (small: committed, so that a later session continues
-the same schedule with --resume); at the end of each run the best model on the validation split is written to
+Training checkpoints go to checkpoints/<name>/full.pt (not committed: the power-iteration vectors make it about
+100 MB); at the end of each run a compact copy without those vectors, checkpoints/<name>/checkpoint.pt (under
+1 MB), is written and committed, so that a later session continues the same schedule with --resume (the vectors
+are then re-derived from the weights by converged power iterations: the continuation differs from an
+uninterrupted run only through those warm starts, not through the weights, the optimiser or the batches); at the
+end of each run the best model on the validation split is written to
 invstable/models/pretrained/<name>.safetensors and the learning curve to
 benchmarks/results/training-<name>.json and .png.
 
@@ -112,13 +116,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     spec, model, config = build(args.name)
     validation = torch.utils.data.Subset(spec.pairs("validation"), range(args.validation_count))
-    checkpoint = ROOT / "checkpoints" / args.name / "checkpoint.pt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    if checkpoint.exists() and not args.resume:
-        raise SystemExit(f"{checkpoint} exists: continue it with --resume (or delete it to start over)")
+    folder = ROOT / "checkpoints" / args.name
+    checkpoint, compact_copy = folder / "full.pt", folder / "checkpoint.pt"
+    folder.mkdir(parents=True, exist_ok=True)
+    if (checkpoint.exists() or compact_copy.exists()) and not args.resume:
+        raise SystemExit(f"{folder} holds a checkpoint: continue it with --resume (or delete it to start over)")
+    if args.resume and not checkpoint.exists():
+        if not compact_copy.exists():
+            raise SystemExit(f"--resume: no checkpoint in {folder}")
+        expand(compact_copy, checkpoint, model)
     start = time.perf_counter()
     result = train(model, spec.pairs("train"), validation=validation, config=config, checkpoint=checkpoint,
                    resume=args.resume, until=args.until)
+    compact(checkpoint, compact_copy)
     best = result.model.refresh(reseed=True)
     curve = [{"step": h["step"], "seconds": h.get("seconds"), "validation_psnr": h["val_psnr"]}
              for h in result.history if "val_psnr" in h]
@@ -138,6 +148,43 @@ def main(argv=None) -> int:
     _write_curve(args.name, record, curve)
     print(json.dumps({"model": str(out), **record}))
     return 0
+
+
+def _is_vector(key: str) -> bool:
+    from invstable.models._unrolled import VECTORS
+
+    return key.endswith(VECTORS)
+
+
+def compact(full: Path, out: Path) -> None:
+    """Write ``full`` without the power-iteration vectors (derived from the weights) to ``out``, with its digest."""
+    from invstable.models._io import atomic_write, content_digest
+    from invstable.training import load_checkpoint
+
+    state = load_checkpoint(full)
+    state["model"] = {k: v for k, v in state["model"].items() if not _is_vector(k)}
+    if state["best"].get("weights") is not None:
+        state["best"]["weights"] = {k: v for k, v in state["best"]["weights"].items() if not _is_vector(k)}
+    state.pop("digest", None)
+    state["digest"] = content_digest(state)
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
+
+
+def expand(compact_path: Path, out: Path, model) -> None:
+    """A full checkpoint from a compact one: the model's power-iteration vectors re-derived from its weights."""
+    from invstable.models._io import atomic_write, content_digest
+    from invstable.training import load_checkpoint
+
+    state = load_checkpoint(compact_path)
+    while model.depth < state["model_config"]["depth"]:
+        model = model.prolong()
+    model.load_state_dict(state["model"], strict=False)
+    model.image_shape = tuple(state["model_config"]["image_shape"])
+    model.refresh(reseed=True)
+    state["model"] = model.weights()
+    state.pop("digest", None)
+    state["digest"] = content_digest(state)
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
 
 
 def _write_curve(name: str, record: dict, curve: list[dict]) -> None:
