@@ -31,5 +31,5 @@ for name in "${NAMES[@]}"; do
   echo "== $name"
   # shellcheck disable=SC2086
   python3 -m invstable train ${RECIPE[$name]} $COMMON --out "$OUT/$name.safetensors" \
-      --checkpoint "$CKPT_DIR/$name.ckpt" ${RESUME:+--resume}
+      --checkpoint "$CKPT_DIR/$name.ckpt" $([ -n "${RESUME:-}" ] && echo --resume || echo --overwrite)
 done
