@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import invstable
-from invstable.models import UnrolledInverse
 from invstable.models._initial import apply_filter, chebyshev_coefficients
 from invstable.stability import lipschitz_search
 from invstable.training import load_checkpoint, train

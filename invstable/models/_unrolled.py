@@ -205,7 +205,8 @@ class UnrolledInverse(nn.Module):
         a tensor (differentiable) for the learned one."""
         coef, top, _ = self._tikhonov_filter()
         if self.init == "learned":
-            coef = torch.as_tensor(coef, device=self.filter_correction.device) + self.filter_correction
+            base = self.filter_correction.new_tensor(coef)  # 31 numbers: the correction's dtype and device
+            coef = base + self.filter_correction
         return coef, top
 
     def _filter(self):
