@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from invstable.data import DatasetFileError, HDF5PairedDataset, Noise, check_dataset, dataset_info, make_dataset
-from invstable.data._cli import main as cli
+from invstable.cli.dataset import main as cli
 from invstable.data._hdf5 import partial_path
 from invstable.operators import make_operator
 
@@ -228,7 +228,7 @@ def test_killed_writer_leaves_no_file_that_passes_and_resume_gives_the_same_byte
 
 def test_killed_cli_make_at_a_random_moment(tmp_path):
     out = tmp_path / "cli.h5"
-    args = [sys.executable, "-m", "invstable.data._cli", "dataset", "make", "--task", "custom", "--operator", "ct",
+    args = [sys.executable, "-m", "invstable.cli.dataset", "dataset", "make", "--task", "custom", "--operator", "ct",
             "--param", f"image_size={SIZE}", "--param", "angles=7", "--noise-level", "0.05", "--relative-noise",
             "--source", "ellipses", "--source-param", f"size={SIZE}", "--source-param", "seed=11",
             "--count", "3000", "--out", str(out), "--no-progress"]

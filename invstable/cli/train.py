@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from ..data._cli import _key_value
+from .dataset import _key_value
 from ..data._tasks import TASKS
 from ..models._unrolled import FAMILIES, INITS
 
@@ -177,8 +177,8 @@ def run(args) -> int:
     import torch
 
     from ..data import HDF5PairedDataset, task
-    from ._distributed import distributed
-    from ._loop import TrainConfig, evaluate, resolve_device, train
+    from ..training._distributed import distributed
+    from ..training._loop import TrainConfig, evaluate, resolve_device, train
 
     _check_flags(args)
     options = layer_options(args.family, args.option)

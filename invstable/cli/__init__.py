@@ -7,14 +7,14 @@ import sys
 
 
 def _demo(args) -> int:
-    from ._demo import demo
+    from .._demo import demo
 
     demo(args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
 
 def _models(args) -> int:
-    from .models import PRETRAINED, list_models, model_info, recommended
+    from ..models import PRETRAINED, list_models, model_info, recommended
 
     shipped = list_models()
     for name, what in PRETRAINED.items():
@@ -62,16 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
                             description="List the pretrained models with their validation PSNR and certified bound.")
     models.set_defaults(func=_models)
 
-    from .data._cli import add_parser as add_dataset_parser  # noqa: PLC0415 (keeps `invstable --help` light)
+    from .dataset import add_parser as add_dataset_parser  # noqa: PLC0415 (keeps `invstable --help` light)
 
     add_dataset_parser(sub)
-    from .training._cli import add_parser as add_train_parser  # noqa: PLC0415
+    from .train import add_parser as add_train_parser  # noqa: PLC0415
 
     add_train_parser(sub)
-    from ._reconstruct import add_parser as add_reconstruct_parser  # noqa: PLC0415
+    from .reconstruct import add_parser as add_reconstruct_parser  # noqa: PLC0415
 
     add_reconstruct_parser(sub)
-    from ._benchmark import add_parser as add_benchmark_parser  # noqa: PLC0415
+    from .benchmark import add_parser as add_benchmark_parser  # noqa: PLC0415
 
     add_benchmark_parser(sub)
     return parser
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    from .data import DatasetFileError  # noqa: PLC0415
-    from .models import ModelFileError  # noqa: PLC0415
+    from ..data import DatasetFileError  # noqa: PLC0415
+    from ..models import ModelFileError  # noqa: PLC0415
 
     try:
         return int(args.func(args) or 0)

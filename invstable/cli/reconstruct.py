@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data._cli import _key_value, build_operator, check_image_memory
-from .data._folder import read_array_file, scale_integers
+from .dataset import _key_value, build_operator, check_image_memory
+from ..data._folder import read_array_file, scale_integers
 
 READABLE = (".npy", ".tif", ".tiff", ".h5", ".hdf5", ".png")
 HDF5 = (".h5", ".hdf5")
@@ -171,7 +171,7 @@ def check_output(path: str | os.PathLike, *, inputs=(), overwrite: bool = False)
 
 def _write_file(path: Path, write, *, overwrite: bool) -> Path:
     """Write through ``write(tmp)`` atomically; without ``overwrite`` the file appears only where none is."""
-    from .models._io import atomic_write
+    from ..models._io import atomic_write
 
     if overwrite:
         return atomic_write(path, write)
@@ -279,9 +279,9 @@ def _as_batch(y: np.ndarray, op):
 # ---------------------------------------------------------------------------------------------- run
 def _method_kind(method: str) -> str:
     """A baseline's name, "model" (a learned model) or "universal"; raises for an unknown method."""
-    from .models import list_models
-    from .models._io import RIDGE_FORMAT, file_format
-    from .models._pretrained import PRETRAINED, _resolve
+    from ..models import list_models
+    from ..models._io import RIDGE_FORMAT, file_format
+    from ..models._pretrained import PRETRAINED, _resolve
 
     if method in BASELINES:
         return method
@@ -307,8 +307,8 @@ def _refuse_unused_options(args, kind: str) -> None:
 def run(args) -> int:
     import torch
 
-    from .models import load_model
-    from .training._loop import resolve_device
+    from ..models import load_model
+    from ..training._loop import resolve_device
 
     method = args.method
     kind = _method_kind(method)

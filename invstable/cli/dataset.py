@@ -1,7 +1,7 @@
 """The ``invstable dataset`` command: ``make``, ``check`` and ``info``.
 
 ``add_parser(subparsers)`` adds the command to a parent parser (``invstable.cli``); ``main``
-runs it on its own: ``python -m invstable.data._cli dataset check FILE.h5``.
+runs it on its own: ``python -m invstable.cli.dataset dataset check FILE.h5``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..operators import config_summary
-from ._hdf5 import DatasetFileError, check_dataset, dataset_info, make_dataset
-from ._paired import Noise, PairedDataset
-from ._params import check_parameters
-from ._sources import SOURCES, make_source
-from ._tasks import SPLITS, TASKS, task
+from ..data._hdf5 import DatasetFileError, check_dataset, dataset_info, make_dataset
+from ..data._paired import Noise, PairedDataset
+from ..data._params import check_parameters
+from ..data._sources import SOURCES, make_source
+from ..data._tasks import SPLITS, TASKS, task
 
 CUSTOM = "custom"
 
@@ -41,7 +41,7 @@ IMAGE_COPIES = 16
 def check_image_memory(image_size, *, batch: int = 1) -> None:
     """Refuse images of ``image_size`` (an int or (H, W); anything else is not checked) whose ``IMAGE_COPIES``
     float64 copies, ``batch`` of them, would not fit in the available memory (:class:`InsufficientMemoryError`)."""
-    from ._memory import check_memory
+    from ..data._memory import check_memory
 
     hw = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
     if len(hw) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in hw):

@@ -17,7 +17,7 @@ BENCHMARKS = ("quality", "stability", "speed")
 
 
 def _checkout() -> Path:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "__init__.py").is_file():
         raise FileNotFoundError(
             f"invstable benchmark needs the source checkout (the benchmarks/ folder beside the package), but "
@@ -78,8 +78,8 @@ def _run_all(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from .data._tasks import TASKS
-    from .training._cli import integer, output_folder
+    from ..data._tasks import TASKS
+    from .train import integer, output_folder
 
     positive = integer(1)
     p = sub.add_parser(
