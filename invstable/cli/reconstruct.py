@@ -340,13 +340,13 @@ def run(args) -> int:
     y = y.to(device)
     with torch.no_grad():
         if method == "fbp":
-            from .baselines import fbp
+            from ..baselines import fbp
 
             filt = args.filter or "ramp"
             x = fbp(y, op, filter=filt)
             note = {"method": "fbp", "filter": filt}
         elif method == "tikhonov":
-            from .baselines import choose_alpha, tikhonov
+            from ..baselines import choose_alpha, tikhonov
 
             regularizer = args.regularizer or "identity"
             if args.alpha in (None, "auto"):
@@ -359,7 +359,7 @@ def run(args) -> int:
                     "alpha": [alpha] if isinstance(alpha, float) else torch.as_tensor(alpha).flatten().tolist(),
                     "regularizer": regularizer}
         elif method == "tv":
-            from .baselines import tv
+            from ..baselines import tv
 
             lam = 1e-3 if args.alpha in (None, "auto") else _float(args.alpha, "--alpha")
             x = tv(y, op, lam)
