@@ -18,4 +18,4 @@ from .models import load_model as load_model
 from .operators import as_operator as as_operator
 from .operators import check_operator as check_operator
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
+from ._files import atomic_write
 from .baselines import Tikhonov, choose_alpha, fbp, tikhonov
 from .models import list_models, load_model, model_info
 from .models._pretrained import UNIVERSAL
@@ -192,16 +192,10 @@ def _figure(data: dict, rows: list[Row], path: Path) -> None:
                 ax.imshow(img, cmap="gray", aspect="auto" if title == "measurement" else "equal")
                 ax.set_title(f"{task}: {title}" if j == 0 else title, fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, metadata={"Title": FIGURE_TITLE})
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Title": FIGURE_TITLE}))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _is_demo_figure(path: Path) -> bool:

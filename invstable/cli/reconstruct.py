@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -171,28 +170,13 @@ def check_output(path: str | os.PathLike, *, inputs=(), overwrite: bool = False)
 
 def _write_file(path: Path, write, *, overwrite: bool) -> Path:
     """Write through ``write(tmp)`` atomically; without ``overwrite`` the file appears only where none is."""
-    from ..models._io import atomic_write
+    from .._files import atomic_write
 
-    if overwrite:
-        return atomic_write(path, write)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    os.close(fd)
     try:
-        atomic_write(staged, write)  # complete and on disk under a name of its own
-        try:
-            os.link(staged, path)  # atomic, and never replaces: fails if a file appeared at `path` meanwhile
-        except FileExistsError:
-            raise FileExistsError(f"--out {path} appeared while reconstructing (another process wrote it); "
-                                  "pass --overwrite to replace it") from None
-        except OSError:  # a filesystem without hard links
-            if path.exists():
-                raise FileExistsError(f"--out {path} appeared while reconstructing; pass --overwrite") from None
-            os.replace(staged, path)
-    finally:
-        if os.path.exists(staged):
-            os.unlink(staged)
-    return path
+        return atomic_write(path, write, overwrite=overwrite)
+    except FileExistsError:
+        raise FileExistsError(f"--out {path} appeared while reconstructing (another process wrote it); "
+                              "pass --overwrite to replace it") from None
 
 
 def write_array(path: str | os.PathLike, x: np.ndarray, *, overwrite: bool = False) -> Path:

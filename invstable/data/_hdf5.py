@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import publish
 from ._paired import Noise, PairedDataset, operator_config
 from ._phantoms import _check_index
 
@@ -130,17 +131,6 @@ def _writer_lock(out: Path):
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some filesystems cannot fsync a folder; the rename is still atomic
-        pass
 
 
 def _warn_if_disk_is_short(out: Path, meta: dict, remaining: int) -> None:
@@ -282,7 +272,7 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
     """
     from tqdm.auto import tqdm
 
-    from .. import __version__
+    from .._version import __version__
 
     out = Path(out)
     if not isinstance(pairs, PairedDataset):
@@ -343,12 +333,9 @@ def make_dataset(out, pairs: PairedDataset, *, count: int | None = None, task: s
                                         "again to resume") from None
         finally:
             f.close()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
         checked, _ = _open_checked(tmp)  # what is renamed is complete and matches its checksum, as read back
         checked.close()
-        os.replace(tmp, out)
-        _fsync_folder(out.parent)
+        publish(tmp, out)  # flushed to disk, renamed over out, the folder flushed
     return MakeResult(path=out, count=count, checksum=checksum, resumed_from=resumed_from)
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from .._files import atomic_write as atomic_write  # the one atomic writer (also imported from here)
 
 FORMAT = "invstable.unrolled/2"
 #: the unrolled format before model files carried a digest (read, with a warning)
@@ -40,26 +41,6 @@ _DIGESTS = {FORMAT: True, RIDGE_FORMAT: False, LEGACY_FORMAT: None}
 
 class ModelFileError(ValueError):
     """A model file that is missing, truncated, corrupted or not an invstable model."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- digests
@@ -258,12 +239,13 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict, dict, dict, dict[str
     return (*parsed, tensors)
 
 
-def build_model(model_config: dict, operator_config: dict, tensors: dict[str, torch.Tensor], *, where: str):
-    """Rebuild an :class:`UnrolledInverse` from its configurations and tensors (the checks of load_model)."""
+def build_model(model_config: dict, operator_config: dict, tensors: dict[str, torch.Tensor], *, where: str,
+                model_class):
+    """Rebuild a model of ``model_class`` (:class:`UnrolledInverse`, passed in so that this file layer does not
+    import the model it serves) from its configurations and tensors, with the checks of load_model."""
     from ..operators import operator_from_config
-    from ._unrolled import UnrolledInverse
 
-    if model_config.get("class") != "UnrolledInverse":
+    if model_config.get("class") != model_class.__name__:
         raise ModelFileError(f"{where}: unknown model class {model_config.get('class')!r}")
     check_model_size(model_config, operator_config, where=where)  # before the operator or the model allocates
     try:
@@ -271,7 +253,7 @@ def build_model(model_config: dict, operator_config: dict, tensors: dict[str, to
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{where}: cannot rebuild the operator {operator_config!r}: {err}") from None
     try:
-        model = UnrolledInverse.from_config(model_config, operator=operator)
+        model = model_class.from_config(model_config, operator=operator)
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{where}: cannot rebuild the model from its configuration: {err}") from None
     expected = model.weights(vectors=False)

@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from ._io import RIDGE_FORMAT, ModelFileError, build_model, file_format, load_regularizer, read_model_file
+from ._unrolled import UnrolledInverse
 
 #: name -> what it is (the files live in invstable/models/pretrained/<name>.safetensors)
 PRETRAINED = {
@@ -157,7 +158,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, task: str | Non
                              "takes no operator, preset, noise_level or solver options (the 'universal' model "
                              "serves any operator)")
         model_cfg, op_cfg, _, tensors = read_model_file(path)
-        model = build_model(model_cfg, op_cfg, tensors, where=repr(str(path)))
+        model = build_model(model_cfg, op_cfg, tensors, where=repr(str(path)), model_class=UnrolledInverse)
     return model if device is None else model.to(device)
 
 
