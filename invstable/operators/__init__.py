@@ -8,6 +8,7 @@ from ._check import OperatorReport as OperatorReport
 from ._check import check_operator as check_operator
 from ._check import norm_bound as norm_bound
 from ._ct import ParallelBeamCT as ParallelBeamCT
+from ._fan import FanBeamCT as FanBeamCT
 from ._gradient import Gradient as Gradient
 from ._registry import available_operators as available_operators
 from ._registry import config_summary as config_summary

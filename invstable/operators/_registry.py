@@ -9,6 +9,7 @@ from typing import Callable
 
 from ._blur import Blur, gaussian_kernel
 from ._ct import ParallelBeamCT
+from ._fan import FanBeamCT
 from ._gradient import Gradient
 
 ENTRY_POINT_GROUP = "invstable.operators"
@@ -122,10 +123,17 @@ def _ct(*, image_size, angles, detectors=None, normalize=True):
     return ParallelBeamCT(image_size, angles, detectors=detectors, normalize=normalize)
 
 
+def _fan(*, image_size, angles, source_distance=None, detector_distance=None, detectors=None, detector_spacing=None,
+         normalize=True):
+    return FanBeamCT(image_size, angles, source_distance=source_distance, detector_distance=detector_distance,
+                     detectors=detectors, detector_spacing=detector_spacing, normalize=normalize)
+
+
 def _gradient(*, boundary="circular"):
     return Gradient(boundary=boundary)
 
 
 register_operator("ct", _ct, example={"image_size": 16, "angles": 7}, example_in_shape=(1, 16, 16))
+register_operator("fan", _fan, example={"image_size": 12, "angles": 9}, example_in_shape=(1, 12, 12))
 register_operator("blur", _blur, example={"image_size": [12, 10], "sigma": 1.0}, example_in_shape=(2, 12, 10))
 register_operator("gradient", _gradient, example={"boundary": "neumann"}, example_in_shape=(1, 9, 8))
