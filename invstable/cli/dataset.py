@@ -7,6 +7,7 @@ runs it on its own: ``python -m invstable.cli.dataset dataset check FILE.h5``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -72,7 +73,22 @@ def build_operator(name: str, params: dict, *, flag: str = "--param"):
         return make_operator(name, **params)  # its error lists the registered names
     check_parameters(f"operator {name!r}", params, _REGISTRY[name].factory, flag=flag)
     check_image_memory(params.get("image_size"))
-    return make_operator(name, **params)
+    with given_values(flag, params):
+        return make_operator(name, **params)
+
+
+@contextlib.contextmanager
+def given_values(flag: str, params: dict):
+    """Around building an object from ``flag KEY=VALUE`` values read as JSON: a ``TypeError`` (a value of the wrong
+    type, such as a string where a number is taken) becomes a ``ValueError`` naming the flag and the values, so that
+    the command reports it as the user's mistake; without given values a ``TypeError`` stays a bug."""
+    try:
+        yield
+    except TypeError as err:
+        if not params:
+            raise
+        given = " ".join(f"{key}={json.dumps(value)}" for key, value in params.items())
+        raise ValueError(f"{flag} {given}: {err}") from err
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -139,7 +155,8 @@ def _pairs_from_args(args) -> tuple[PairedDataset, int | None, str | None]:
         params = dict(args.source_param)
         if args.count is not None and args.source in ("ellipses", "crops"):
             params.setdefault("count", args.count)
-        source = make_source({"name": args.source, "params": params}, flag="--source-param")
+        with given_values("--source-param", params):
+            source = make_source({"name": args.source, "params": params}, flag="--source-param")
         operator = build_operator(args.operator, dict(args.param))
         noise = Noise(args.noise_level, relative=args.relative_noise)
         seed = 0 if args.noise_seed is None else args.noise_seed
@@ -166,7 +183,7 @@ def _make(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result = make_dataset(args.out, pairs, count=count, task=args.task, split=split,
                               resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, TypeError, OSError) as error:  # DatasetFileError, ImageReadError, not enough memory too
+    except (ValueError, OSError) as error:  # DatasetFileError, ImageReadError, not enough memory too
         return _error("make", str(error))
     resumed = f", resumed at {result.resumed_from}" if result.resumed_from else ""
     print(f"{result.path}: {result.count} pairs{resumed}, sha256 {result.checksum}")
