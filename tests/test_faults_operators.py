@@ -161,7 +161,7 @@ def test_operators_take_an_empty_batch(factory, in_shape):
 ], ids=["tikhonov", "tikhonov-gradient", "tv"])
 @pytest.mark.parametrize("op", [ParallelBeamCT(16, 5), Blur(gaussian_kernel(1.0), 12)], ids=["ct", "blur"])
 def test_baselines_return_an_empty_batch(call, op):
-    image = (op.image_size, op.image_size) if isinstance(op, ParallelBeamCT) else op.image_size
+    image = op.image_shape
     y = torch.zeros(op.measurement_shape((0, 1, *image)))
     assert call(y, op).shape == (0, 1, *image)
 
@@ -242,7 +242,7 @@ def _forward(x):
     lambda f: check_operator(f, (4,)),
     lambda f: norm_bound(f, (4,)),
     lambda f: choose_alpha(torch.rand(1, 4), f, noise_level=0.1),
-    lambda f: invstable.operators._check.power_norm(f, (4,)),
+    lambda f: invstable.operators._norms.power_norm(f, (4,)),
 ])
 def test_a_function_is_not_an_operator(call):
     with pytest.raises(TypeError, match=r"must be a linear operator with A and A_adjoint .*got the function "

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..operators import Operator
 from ._io import as_measurement
 from ._tikhonov import Tikhonov, _fft_symbols, regularizer_operator
 
@@ -85,7 +86,7 @@ def choose_alpha(y, op, *, noise_level=None, rule: str = "discrepancy", regulari
             alpha = _gcv(t, op, regularizer, lo, hi, tol, max_iter, n_probes, grid, rng)
     if isinstance(y, np.ndarray):
         out = alpha.cpu().numpy()
-        unbatched = getattr(op, "measurement_ndim", None) is not None and y.ndim < op.measurement_ndim
+        unbatched = isinstance(op, Operator) and op.measurement_ndim is not None and y.ndim < op.measurement_ndim
         return float(out[0]) if unbatched and batch == 1 else out
     return alpha
 

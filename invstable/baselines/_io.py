@@ -8,8 +8,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..operators._base import check_tensor, complex_message
-from ..operators._check import require_operator, verify_adjoint
+from ..operators._base import Operator, check_tensor, complex_message, require_operator
+from ..operators._check import verify_adjoint
 
 
 def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
@@ -33,7 +33,8 @@ def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torc
         raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(y).__name__}")
     check_tensor(t, name)
 
-    ndim = getattr(op, "measurement_ndim", None)
+    # the contract of invstable's operators; a foreign deepinv physics declares no measurement shape
+    ndim = op.measurement_ndim if isinstance(op, Operator) else None
     added = 0
     if ndim is not None and t.ndim < ndim:
         if not from_numpy:
@@ -43,9 +44,8 @@ def as_measurement(y, op, name: str = "y") -> tuple[torch.Tensor, Callable[[torc
             )
         added = ndim - t.ndim
         t = t.reshape((1,) * added + tuple(t.shape))
-    check = getattr(op, "check_measurement", None)
-    if callable(check):
-        check(t, name)
+    if isinstance(op, Operator):
+        op.check_measurement(t, name)
     # a wrong adjoint makes every baseline silently wrong (CG on a non-symmetric system, FISTA on another
     # objective): refuse it, measured once per operator and measurement shape
     verify_adjoint(op, y_shape=tuple(t.shape[1:]), dtype=t.dtype, device=t.device)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
-from ..operators import Blur, Gradient
+from ..operators import Blur, Gradient, Operator
 from ..operators._base import check_tensor
 from ..operators._check import verify_adjoint
+from ..operators._norms import largest_eigenvalue
 from ._io import as_alpha, as_measurement, as_start
 
 
@@ -81,7 +82,7 @@ def _fft_symbols(op, reg, shape, dtype, device):
         l_sq = torch.ones(shape, dtype=dtype, device=device)
     elif isinstance(reg, Gradient) and reg.boundary == "circular":
         l_sq = reg.transfer_function_sq(shape, dtype=dtype, device=device)
-    elif isinstance(reg, Blur) and reg.boundary == "circular" and reg.image_size == op.image_size:
+    elif isinstance(reg, Blur) and reg.boundary == "circular" and reg.image_shape == op.image_shape:
         l_sq = reg.transfer_function(dtype).to(device).abs() ** 2
     else:
         return None
@@ -116,36 +117,6 @@ def conjugate_gradient(apply_normal, b: torch.Tensor, *, x0: torch.Tensor | None
         iterations += active.long()
     residual = (b - apply_normal(x)).flatten(1).norm(dim=1) / b_norm
     return x, SolveInfo("cg", iterations, residual, residual <= tol * 1.01)
-
-
-def largest_eigenvalue(matvec, size: int, *, max_iter: int = 100, rtol: float = 1e-8, seed: int = 0) -> float:
-    """Largest eigenvalue of a symmetric positive semi-definite map by Lanczos with full reorthogonalisation.
-
-    Returns the largest Ritz value: a lower bound, within ``rtol`` of an eigenvalue when the iteration stops on
-    the residual criterion, and the best estimate reached after ``max_iter`` steps otherwise.
-    """
-    q = np.random.default_rng(seed).standard_normal(size)
-    basis = [q / np.linalg.norm(q)]
-    alphas, betas = [], []
-    previous = 0.0
-    for _ in range(min(max_iter, size)):
-        w = matvec(basis[-1])
-        alphas.append(float(basis[-1] @ w))
-        for b in basis:  # full reorthogonalisation (twice is enough)
-            w -= (b @ w) * b
-        for b in basis:
-            w -= (b @ w) * b
-        tri = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        values, vectors = np.linalg.eigh(tri)
-        ritz = float(values[-1])
-        beta = float(np.linalg.norm(w))
-        # beta |s_k| bounds the distance from the Ritz value to an eigenvalue (Parlett, ch. 13)
-        if beta * abs(vectors[-1, -1]) <= rtol * abs(ritz) or beta <= 1e-14 * max(abs(ritz), 1e-300):
-            return ritz
-        previous = ritz
-        betas.append(beta)
-        basis.append(w / beta)
-    return previous
 
 
 class _Holder:
@@ -334,22 +305,20 @@ class Tikhonov:
             raise ValueError("lipschitz_bound needs one alpha for all samples; build one Tikhonov per alpha")
         op, reg = self.op, self.regularizer
         if isinstance(op, Blur) and op.boundary == "circular":
-            symbols = _fft_symbols(op, reg, op.image_size, torch.float64, op.kernel.device)
+            symbols = _fft_symbols(op, reg, op.image_shape, torch.float64, op.kernel.device)
             if symbols is not None:
-                verify_adjoint(op, in_shape=(1, *op.image_size), dtype=torch.float64)
+                verify_adjoint(op, in_shape=(1, *op.image_shape), dtype=torch.float64)
                 k_hat, l_sq = symbols
                 denom = k_hat.abs() ** 2 + float(alpha) * l_sq
                 if not bool((denom > 0).all()):
                     return math.inf  # singular normal equations: the map is unbounded
                 return float((k_hat.abs() / denom).max())
         if y_shape is None:
-            image = getattr(op, "image_size", None)
-            if image is None or not hasattr(op, "measurement_shape"):
+            if not isinstance(op, Operator) or op.image_shape is None:
                 raise ValueError(
                     f"pass y_shape (one batched measurement shape) for {type(op).__name__}, e.g. y.shape"
                 )
-            image = (image, image) if isinstance(image, int) else tuple(image)
-            y_shape = op.measurement_shape((1, 1, *image))
+            y_shape = op.measurement_shape((1, *op.image_shape))
         y_shape = tuple(int(n) for n in y_shape)
         if len(y_shape) < 2 or min(y_shape) < 1:
             raise ValueError(

@@ -237,13 +237,11 @@ def _as_batch(y: np.ndarray, op):
     """Shape the measurement as the operator takes it: one measurement, or a batch of them."""
     import torch
 
-    probe = getattr(op, "measurement_shape", None)
+    from ..operators import Operator
+
     want = None
-    if callable(probe):
-        size = getattr(op, "image_size", None)
-        if size is not None:
-            hw = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-            want = tuple(probe((1, 1) + hw))[2:]
+    if isinstance(op, Operator) and op.image_shape is not None:
+        want = tuple(op.measurement_shape((1, *op.image_shape)))[1:]  # one measurement, no batch axis
     t = torch.from_numpy(y).float()
     if want is None:
         return t if t.ndim >= 3 else t[None, None]
@@ -320,7 +318,9 @@ def run(args) -> int:
                                  "out to use the model's own operator, or pick a model for this operator")
     array, scaling = read_array(args.input, args.key)
     y = _as_batch(array, op)
-    check_image_memory(getattr(op, "image_size", None), batch=int(y.shape[0]))
+    from ..operators import Operator
+
+    check_image_memory(op.image_shape if isinstance(op, Operator) else None, batch=int(y.shape[0]))
     y = y.to(device)
     with torch.no_grad():
         if method == "fbp":

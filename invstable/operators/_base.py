@@ -1,16 +1,24 @@
 """The operator contract: deepinv's ``LinearPhysics``, plus what invstable needs to certify a model.
 
 An invstable operator is a :class:`deepinv.physics.LinearPhysics` (``A``, ``A_adjoint``, a noise model), so
-it works inside deepinv, and any deepinv linear physics works in invstable. Our own operators add
+it works inside deepinv, and any deepinv linear physics works in invstable. :class:`Operator` declares what our
+own operators add, every member with a default, so that callers use them directly (a foreign deepinv physics is
+told apart with ``isinstance(op, Operator)``, never by probing for attributes):
 
+- ``image_shape``: the trailing image axes the operator fixes, always a tuple (or ``None``);
+- ``measurement_shape(x_shape)`` and ``measurement_ndim``: the shape of ``A x``;
+- ``check_image(x)`` and ``check_measurement(y)``: shape checks whose messages say what was expected;
 - ``config()``: the registry name and JSON-serialisable parameters that rebuild the operator;
-- ``norm_bound()``: an upper bound on the spectral norm ``||A||``, exact where known;
-- ``measurement_shape(x_shape)`` and shape checks whose messages say what was expected.
+- ``norm_bound()``: an upper bound on the spectral norm ``||A||``, exact where known.
+
+What is measured on an operator (a norm, an adjoint verdict) is remembered beside it, by :func:`memo`, never
+written into it: a user's object is not touched.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 
 import numpy as np
 import torch
@@ -42,15 +50,73 @@ def check_tensor(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); clean or mask them before reconstructing")
 
 
+def shape_tuple(value, what: str = "in_shape") -> tuple[int, ...]:
+    """``value`` (an int or a sequence of ints) as a non-empty tuple of positive ints, or a clear error."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),)
+    try:
+        shape = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a tuple of positive ints (one sample, no batch axis), got {value!r}") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{what} must be a non-empty tuple of positive ints (one sample, no batch axis), got {shape}")
+    return shape
+
+
+def require_operator(op, name: str = "op") -> None:
+    """Refuse what is not a linear operator, saying what was received and what to pass instead."""
+    if callable(getattr(op, "A", None)) and callable(getattr(op, "A_adjoint", None)):
+        return
+    if isinstance(op, (tuple, list)) and len(op) == 2 and all(callable(f) for f in op):
+        got = "a (forward, adjoint) pair of callables"
+    elif callable(op):
+        kind = "function" if hasattr(op, "__code__") else "callable"
+        got = f"the {kind} {getattr(op, '__qualname__', type(op).__name__)!r}"
+    else:
+        got = f"a {type(op).__name__}"
+    raise TypeError(
+        f"{name} must be a linear operator with A and A_adjoint (a deepinv LinearPhysics), got {got}; make one with "
+        f"invstable.as_operator((forward, adjoint), in_shape=...) from a function and its adjoint, or "
+        f"invstable.as_operator(matrix, in_shape=...) from a matrix"
+    )
+
+
+def device_of(op) -> torch.device:
+    """The device of an operator's first parameter or buffer (the CPU for one without tensors)."""
+    if isinstance(op, torch.nn.Module):
+        for t in list(op.parameters()) + list(op.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
 class Operator(LinearPhysics):
     """Base class of invstable's linear operators (a deepinv ``LinearPhysics``).
 
-    Subclasses implement ``A``, ``A_adjoint``, ``measurement_shape``, ``config`` and
-    ``norm_bound``.
+    Subclasses implement ``A`` and ``A_adjoint``, and set or override the members below where their defaults
+    do not fit.
+
+    Attributes
+    ----------
+    image_shape : tuple of int or None
+        The trailing axes of an image that the operator fixes, always a tuple: ``(H, W)`` for an operator that
+        acts on every channel alike (:class:`ParallelBeamCT`, :class:`Blur`), which takes ``(B, *image_shape)``
+        and ``(B, C, *image_shape)``; the whole shape of one sample for an operator on flattened samples
+        (:class:`MatrixOperator`, :class:`CallableOperator`), which takes ``(B, *image_shape)``; ``None`` for an
+        operator that takes images of any size (:class:`Gradient`). In every case
+        ``op.measurement_shape((1, *op.image_shape))`` is the shape of one batched measurement.
+    measurement_ndim : int or None
+        Number of axes of a batched measurement when it is fixed (``None`` otherwise); numpy measurements
+        without their batch and channel axes are padded to it.
     """
 
     #: registry name, set by subclasses that can be rebuilt from ``config()``
     name: str | None = None
+
+    #: the trailing image axes the operator fixes (see the class docstring); ``None``: any size
+    image_shape: tuple[int, ...] | None = None
+
+    #: number of axes of a batched measurement (``None`` when it is not fixed)
+    measurement_ndim: int | None = None
 
     def config(self) -> dict:
         """Registry name and parameters that rebuild this operator with ``make_operator``."""
@@ -58,14 +124,41 @@ class Operator(LinearPhysics):
 
     def norm_bound(self) -> float:
         """Upper bound on the spectral norm ``||A||_2``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no norm_bound(); use invstable.operators.norm_bound("
+                                  f"op, in_shape) to estimate one by power iteration")
 
     def measurement_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of ``A x`` for an ``x`` of shape ``x_shape`` (batch axis included)."""
-        raise NotImplementedError
+        """Shape of ``A x`` for an ``x`` of shape ``x_shape`` (batch axis included).
 
-    #: number of axes of a batched measurement (``None`` when it is not fixed)
-    measurement_ndim: int | None = None
+        The default applies ``A`` to one zero image of that shape; subclasses that know it say it directly.
+        """
+        x_shape = tuple(int(n) for n in x_shape)
+        with torch.no_grad():
+            y = self.A(torch.zeros((1, *x_shape[1:]), device=device_of(self)))
+        return (x_shape[0], *y.shape[1:])
+
+    def _expected(self, shape: tuple[int, ...] | None) -> str:
+        return "any shape" if shape is None else f"(B, {'..., ' if len(shape) == 2 else ''}{', '.join(map(str, shape))})"
+
+    def check_image(self, x: torch.Tensor, name: str = "x") -> None:
+        """Refuse what cannot be an image of this operator: a bad tensor, or trailing axes other than
+        ``image_shape``."""
+        check_tensor(x, name)
+        shape = self.image_shape
+        if shape is not None and (x.ndim <= len(shape) or tuple(x.shape[-len(shape):]) != tuple(shape)):
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but {type(self).__name__} takes images of shape "
+                             f"{self._expected(shape)}")
+
+    def check_measurement(self, y: torch.Tensor, name: str = "y") -> None:
+        """Refuse what cannot be a measurement of this operator: a bad tensor, or trailing axes other than those
+        of ``measurement_shape((1, *image_shape))``."""
+        check_tensor(y, name)
+        if self.image_shape is None:
+            return
+        expected = tuple(self.measurement_shape((1, *self.image_shape))[1:])
+        if y.ndim <= len(expected) or tuple(y.shape[-len(expected):]) != expected:
+            raise ValueError(f"{name} has shape {tuple(y.shape)} but {type(self).__name__} produces measurements of "
+                             f"shape {self._expected(expected)}; pass a measurement of this operator")
 
     def _repr_params(self) -> dict:
         """What tells this operator apart from another of its class: its configuration by default."""
@@ -115,3 +208,31 @@ def state_version(module: torch.nn.Module) -> tuple:
     return tuple((name, t.data_ptr(), t._version, t.dtype, str(t.device))
                  for name, t in list(module.named_parameters()) + list(module.named_buffers())
                  if t.layout == torch.strided)
+
+
+# What is measured on an operator (its norm, the verdict on its adjoint) is remembered here, beside the object and
+# dropped with it: never written into it, so a user's operator is not touched.
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def memo(op, slot: str) -> dict | None:
+    """The dictionary in which ``slot`` (e.g. ``"norm"``) of what is measured on ``op`` is remembered, or ``None``
+    for an object that cannot be weakly referenced (then nothing is remembered). Keys should include
+    :func:`state_version` of the operator, so that a changed parameter or buffer is measured again."""
+    try:
+        return _MEMO.setdefault(op, {}).setdefault(slot, {})
+    except TypeError:
+        return None
+
+
+def remember(op, slot: str, key, compute):
+    """``compute()`` for ``op`` in the state ``key``, measured once and remembered (one entry per slot: the
+    value for the operator's current state)."""
+    entries = memo(op, slot)
+    if entries is None:
+        return compute()
+    if key not in entries:
+        value = compute()
+        entries.clear()
+        entries[key] = value
+    return entries[key]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from deepinv.physics.functional import conv2d, conv_transpose2d
 
-from ._base import Operator, check_tensor, state_version
+from ._base import Operator, check_tensor, remember, state_version
 
 _BOUNDARIES = ("circular", "valid", "reflect", "replicate", "zeros")
 
@@ -108,10 +108,10 @@ class Blur(Operator):
         if boundary not in _BOUNDARIES:
             raise ValueError(f"boundary must be one of {_BOUNDARIES}, got {boundary!r}")
         super().__init__(noise_model=noise_model, **kwargs)
-        self.image_size = image_size
+        self.image_size = image_size  # (H, W), as image_shape (the constructor's name for it)
+        self.image_shape = image_size
         self.boundary = boundary
         self.register_buffer("kernel", kernel.to(torch.float64).clone())
-        self._norm_cache: tuple | None = None  # (state_version, norm): recomputed when the kernel changes
 
     # -- the transfer function of the circular convolution --------------------------------------------
     def transfer_function(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -131,23 +131,23 @@ class Blur(Operator):
     def norm_bound(self) -> float:
         """Exact ``max |k^|`` for the circular boundary; ``||k||_1`` (Young's inequality) for ``"valid"`` and
         ``"zeros"``; ``||k||_1 sqrt(kh kw)`` (the padding's norm) for reflect and replicate."""
-        key = state_version(self)
-        if self._norm_cache is None or self._norm_cache[0] != key:
-            # the kernel was checked when built, but a state change (mul_, copy_) can make it zero or NaN
-            check_tensor(self.kernel, "kernel")
-            _check_kernel_not_zero(self.kernel)
-            if self.boundary == "circular":
-                # margin 1e-6 covers the float32 rounding of the applied transfer function
-                norm = float(self.transfer_function().abs().max()) * (1 + 1e-6)
-            else:
-                norm = float(self.kernel.abs().sum())
-                if self.boundary in ("reflect", "replicate"):
-                    # padding copies pixels: along an axis with k - 1 padded positions a pixel appears at most
-                    # k times, so ||P||^2 <= kh * kw
-                    kh, kw = self._conv_kernel().shape
-                    norm *= math.sqrt(kh * kw)
-            self._norm_cache = (key, norm)
-        return self._norm_cache[1]
+        # measured once per state of the kernel (remembered beside the operator; mul_ or copy_ measure again)
+        return remember(self, "norm", state_version(self), self._norm)
+
+    def _norm(self) -> float:
+        # the kernel was checked when built, but a state change (mul_, copy_) can make it zero or NaN
+        check_tensor(self.kernel, "kernel")
+        _check_kernel_not_zero(self.kernel)
+        if self.boundary == "circular":
+            # margin 1e-6 covers the float32 rounding of the applied transfer function
+            return float(self.transfer_function().abs().max()) * (1 + 1e-6)
+        norm = float(self.kernel.abs().sum())
+        if self.boundary in ("reflect", "replicate"):
+            # padding copies pixels: along an axis with k - 1 padded positions a pixel appears at most k times,
+            # so ||P||^2 <= kh * kw
+            kh, kw = self._conv_kernel().shape
+            norm *= math.sqrt(kh * kw)
+        return norm
 
     def _repr_params(self) -> dict:
         return {"kernel": self.kernel, "image_size": self.image_size, "boundary": self.boundary}
@@ -168,7 +168,6 @@ class Blur(Operator):
             kh, kw = self.kernel.shape
             return (*x_shape[:-2], x_shape[-2] - kh + 1, x_shape[-1] - kw + 1)
         return tuple(x_shape)
-
 
     def check_image(self, x: torch.Tensor, name: str = "x") -> None:
         check_tensor(x, name)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
-import weakref
 
 import torch
 
-from ._base import state_version
+from ._base import Operator, device_of, memo, remember, require_operator, shape_tuple, state_version
+from ._norms import POWER_MARGIN, as_double, inner, power_norm
 
-#: default relative safety margin on a power-iteration estimate of ||A|| (power iteration approaches the
-#: norm from below; the margin turns a converged estimate into an upper bound in practice)
-POWER_MARGIN = 0.01
+__all__ = ["AdjointMismatchError", "OperatorReport", "POWER_MARGIN", "check_operator", "default_tolerance",
+           "norm_bound", "power_norm", "require_operator", "verify_adjoint"]
 
 
 class AdjointMismatchError(ValueError):
@@ -72,34 +70,6 @@ def default_tolerance(precision: torch.dtype) -> float:
     return _TOLERANCES.get(precision, 1e-4)
 
 
-def require_operator(op, name: str = "op") -> None:
-    """Refuse what is not a linear operator, saying what was received and what to pass instead."""
-    if callable(getattr(op, "A", None)) and callable(getattr(op, "A_adjoint", None)):
-        return
-    if isinstance(op, (tuple, list)) and len(op) == 2 and all(callable(f) for f in op):
-        got = "a (forward, adjoint) pair of callables"
-    elif callable(op):
-        kind = "function" if hasattr(op, "__code__") else "callable"
-        got = f"the {kind} {getattr(op, '__qualname__', type(op).__name__)!r}"
-    else:
-        got = f"a {type(op).__name__}"
-    raise TypeError(
-        f"{name} must be a linear operator with A and A_adjoint (a deepinv LinearPhysics), got {got}; make one with "
-        f"invstable.as_operator((forward, adjoint), in_shape=...) from a function and its adjoint, or "
-        f"invstable.as_operator(matrix, in_shape=...) from a matrix"
-    )
-
-
-def _double(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.complex128 if t.is_complex() else torch.float64)
-
-
-def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The real inner product ``Re <a, b>``, summed in double precision whatever the dtypes of ``a`` and ``b``."""
-    a, b = _double(a), _double(b)
-    return (a.conj() * b).real.sum() if a.is_complex() or b.is_complex() else (a * b).sum()
-
-
 def _lowest(*dtypes: torch.dtype) -> torch.dtype:
     """The least precise of floating-point (or complex) dtypes."""
     def eps(d):
@@ -127,18 +97,11 @@ def _probe(op, in_shape, dtype, device, generator):
                 f"A_adjoint returned shape {tuple(aty.shape)} for a measurement of shape {tuple(y.shape)}, but images "
                 f"have shape {tuple(x.shape)}; the adjoint must map measurements back to images"
             )
-        lhs, rhs = _inner(ax, y), _inner(x, aty)
-        scale = float(_double(ax).norm() * _double(y).norm())
+        lhs, rhs = inner(ax, y), inner(x, aty)
+        scale = float(as_double(ax).norm() * as_double(y).norm())
         if scale == 0.0:
-            scale = float(_double(x).norm() * _double(aty).norm()) or 1.0
+            scale = float(as_double(x).norm() * as_double(aty).norm()) or 1.0
     return float((lhs - rhs).abs()) / scale, tuple(ax.shape[1:]), _lowest(dtype, ax.dtype, aty.dtype)
-
-
-def _device_of(op) -> torch.device:
-    if isinstance(op, torch.nn.Module):
-        for t in list(op.parameters()) + list(op.buffers()):
-            return t.device
-    return torch.device("cpu")
 
 
 def _measure(op, in_shape, *, dtypes, n_probes, generator, device):
@@ -169,32 +132,6 @@ def _mismatch_message(op, mismatch, precision, tol, what: str = "") -> str:
         f"of A. Fix the adjoint (deepinv's adjoint_function can derive one by automatic differentiation) or, if the "
         f"mismatch is rounding, pass a larger tol.{hint}"
     )
-
-
-def power_norm(op, in_shape, *, max_iter: int = 500, rtol: float = 1e-6, dtype=torch.float64,
-               generator: torch.Generator | None = None) -> tuple[float, int, bool]:
-    """Power iteration on ``A^T A``.
-
-    Returns the estimate of ``||A||_2`` (a lower bound), the iterations used, and whether it converged: the
-    residual ``||A^T A v - lambda v||`` fell below ``rtol * lambda`` (a change of the estimate alone can stall
-    on a plateau well below the norm).
-    """
-    require_operator(op)
-    device = _device_of(op)
-    v = torch.randn((1, *in_shape), dtype=dtype, generator=generator).to(device)
-    v = v / v.norm()
-    lam, it = 0.0, 0
-    with torch.no_grad():
-        for it in range(1, max_iter + 1):
-            w = op.A_adjoint(op.A(v))
-            lam = float(_inner(v, w))
-            norm_w = float(w.norm())
-            if norm_w == 0.0:
-                return 0.0, it, True
-            if float((w - lam * v).norm()) <= rtol * max(lam, 1e-300):
-                return math.sqrt(max(lam, 0.0)), it, True
-            v = w / norm_w
-    return math.sqrt(max(lam, 0.0)), it, False
 
 
 def check_operator(op, in_shape, *, tol: float | None = None, margin: float = POWER_MARGIN, n_probes: int = 3,
@@ -242,24 +179,18 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
     is nearly orthogonal to the top singular vector, it can fall short. Give an operator of your own an exact
     ``norm_bound()`` when you know its norm.
     """
-    from ._wrap import _shape_tuple  # noqa: PLC0415
-
     require_operator(op)
-    in_shape = _shape_tuple(in_shape)
+    in_shape = shape_tuple(in_shape)
     generator = rng if isinstance(rng, torch.Generator) else torch.Generator().manual_seed(0 if rng is None else int(rng))
     mismatch, out_shape, dtype, probe_dtype = _measure(op, in_shape, dtypes=(torch.float64, torch.float32),
-                                                       n_probes=n_probes, generator=generator, device=_device_of(op))
+                                                       n_probes=n_probes, generator=generator, device=device_of(op))
     if tol is None:
         tol = default_tolerance(dtype)
     if not mismatch <= tol:
         raise AdjointMismatchError(_mismatch_message(op, mismatch, dtype, tol))
-    if callable(getattr(op, "norm_bound", None)):
-        try:
-            bound = float(op.norm_bound())
-        except NotImplementedError:
-            bound = None
-        if bound is not None:
-            return OperatorReport(mismatch, dtype, tol, bound, bound, "exact", 0.0, 0, in_shape, out_shape)
+    bound = own_norm_bound(op)
+    if bound is not None:
+        return OperatorReport(mismatch, dtype, tol, bound, bound, "exact", 0.0, 0, in_shape, out_shape)
     estimate, iterations, converged = power_norm(op, in_shape, max_iter=max_iter, dtype=probe_dtype,
                                                  rtol=1e-6 if dtype == torch.float64 else 1e-4, generator=generator)
     if not converged:
@@ -271,46 +202,39 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
                           iterations, in_shape, out_shape, converged)
 
 
+def own_norm_bound(op) -> float | None:
+    """The operator's own bound on ``||A||_2``, or ``None`` when it has none.
+
+    Every :class:`Operator` declares ``norm_bound()`` (raising ``NotImplementedError`` when it knows none); any
+    other operator may define one too: that is how a user's deepinv physics gives invstable its exact norm.
+    """
+    own = op.norm_bound if isinstance(op, Operator) else getattr(op, "norm_bound", None)
+    if not callable(own):
+        return None
+    try:
+        return float(own())
+    except NotImplementedError:
+        return None
+
+
 def norm_bound(op, in_shape=None, *, margin: float = POWER_MARGIN) -> float:
     """Upper bound on ``||A||_2``: the operator's own exact bound, or power iteration with a margin (cached).
 
     ``in_shape`` (one image, no batch axis) is needed only for operators without ``norm_bound()``.
     """
-    own = getattr(op, "norm_bound", None)
-    if callable(own):
-        try:
-            return float(own())
-        except NotImplementedError:
-            pass
+    own = own_norm_bound(op)
+    if own is not None:
+        return own
     if in_shape is None:
         raise ValueError(
             f"{type(op).__name__} has no norm_bound(); pass in_shape (one image, no batch axis) so that its norm "
             f"can be estimated by power iteration"
         )
     require_operator(op)
-    key = (tuple(in_shape), margin, _version(op))  # a changed parameter or buffer invalidates the entry
-    cache = _cache_of(_NORMS, op)
-    if cache is None or key not in cache:
-        bound = check_operator(op, in_shape, margin=margin).norm_bound
-        if cache is None:
-            return bound
-        cache.clear()  # one entry per operator: the bound for its current state
-        cache[key] = bound
-    return cache[key]
-
-
-# Caches of what was measured on an operator, kept beside it rather than in it (the user's object is not written
-# to) and dropped with it.
-_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ADJOINT_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _cache_of(caches: weakref.WeakKeyDictionary, op) -> dict | None:
-    """The cache of ``op`` in ``caches``, or ``None`` for an object that cannot be weakly referenced."""
-    try:
-        return caches.setdefault(op, {})
-    except TypeError:
-        return None
+    in_shape = shape_tuple(in_shape)
+    # remembered beside the operator for its current state (a changed parameter or buffer measures it again)
+    return remember(op, "norm", (in_shape, margin, _version(op)),
+                    lambda: check_operator(op, in_shape, margin=margin).norm_bound)
 
 
 def _version(op) -> tuple:
@@ -336,10 +260,10 @@ def verify_adjoint(op, *, in_shape=None, y_shape=None, dtype: torch.dtype = torc
     if 0 in shape:
         return  # nothing to measure on an empty image
     dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    device = torch.device(device) if device is not None else _device_of(op)
+    device = torch.device(device) if device is not None else device_of(op)
     version = _version(op)
     key = ("image" if in_shape is not None else "measurement", shape, dtype, str(device), version)
-    cache = _cache_of(_ADJOINT_VERDICTS, op)
+    cache = memo(op, "adjoint")
     if cache is not None and key in cache:
         verdict = cache[key]
     else:

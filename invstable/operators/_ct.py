@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 
 from ._base import Operator, check_tensor
-from ._sparse import SparseProduct
+from ._norms import matrix_norm
+from ._sparse import SparseProduct, to_torch_csr
 from .functional._radon import (
     angles_in_degrees,
     backprojector_matrix,
@@ -44,10 +43,7 @@ def _geometry(image_size: int, theta_key: tuple[float, ...], detectors: int):
                   detectors)
     theta = np.asarray(theta_key)
     proj = projector_matrix(image_size, theta, detectors)
-    proj_t = proj.T.tocsr()
-    v0 = np.random.default_rng(0).standard_normal(min(proj.shape))
-    sigma = spla.svds(proj, k=1, tol=1e-12, return_singular_vectors=False, v0=v0)[0]
-    return proj, proj_t, float(sigma)
+    return proj, proj.T.tocsr(), matrix_norm(proj)
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,17 +53,7 @@ def _backprojector(image_size: int, theta_key: tuple[float, ...], detectors: int
     return backprojector_matrix(image_size, np.asarray(theta_key), detectors)
 
 
-def _to_torch_csr(matrix: sp.csr_matrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # int32 indices halve the memory traffic of the product and are twice as fast on CPU
-    index = torch.int32 if matrix.nnz < 2**31 - 1 else torch.int64
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)).to(index),
-            torch.from_numpy(matrix.indices.astype(np.int64)).to(index),
-            torch.from_numpy(matrix.data).to(dtype),
-            size=matrix.shape, check_invariants=False,
-        ).to(device)
+_to_torch_csr = to_torch_csr  # the name this module used before the helper moved to ._sparse
 
 
 class ParallelBeamCT(Operator):
@@ -141,15 +127,21 @@ class ParallelBeamCT(Operator):
             raise ValueError(f"detectors must be an integer >= 2, got {detectors!r}")
         super().__init__(noise_model=noise_model, **kwargs)
         self.image_size = int(image_size)
+        self.image_shape = (self.image_size, self.image_size)
         self.detectors = int(detectors)
         self.normalize = bool(normalize)
+        #: the angles in degrees, stored once (configuration, not state: ``.to()`` and ``.double()`` leave them)
         self._theta_key = tuple(float(a) for a in theta)
-        self.register_buffer("angles", torch.tensor(theta, dtype=torch.float64))
         _, _, sigma = _geometry(self.image_size, self._theta_key, self.detectors)
         self._sigma = sigma
         #: factor applied to the Radon transform (1 / ||R|| when normalised, else 1)
         self.scale = 1.0 / sigma if self.normalize else 1.0
         self._cache: dict = {}
+
+    @property
+    def angles(self) -> torch.Tensor:
+        """The projection angles in degrees (float64, a new tensor made from the stored ones)."""
+        return torch.tensor(self._theta_key, dtype=torch.float64)
 
     @property
     def n_angles(self) -> int:
@@ -186,7 +178,7 @@ class ParallelBeamCT(Operator):
             else:
                 proj, proj_t, _ = _geometry(self.image_size, self._theta_key, self.detectors)
                 matrix = proj if which == "projector" else proj_t
-            self._cache[key] = _to_torch_csr(matrix, dtype, device)
+            self._cache[key] = to_torch_csr(matrix, dtype, device)
         return self._cache[key]
 
     def __getstate__(self):
@@ -195,17 +187,27 @@ class ParallelBeamCT(Operator):
         state["_cache"] = {}  # torch sparse tensors cannot be deep-copied or pickled; they are rebuilt lazily
         return state
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # the angles travel with the state (they are not state), so that loading a state made with other angles
+        # is refused instead of silently keeping these
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "angles"] = self.angles
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "angles"
-        if key in state_dict and (state_dict[key].shape != self.angles.shape
-                                  or not torch.equal(state_dict[key].to(self.angles), self.angles)):
-            error_msgs.append(
-                f"{key}: the state holds other angles ({state_dict[key].numel()} of them) than this "
-                f"ParallelBeamCT ({self.n_angles}); the geometry is configuration, not state: build the operator "
-                f"with operator_from_config(config) instead"
-            )
-            return
+        if key in state_dict:
+            theirs = state_dict[key]
+            if not isinstance(theirs, torch.Tensor) or not theirs.is_floating_point() or theirs.shape != (
+                    self.n_angles,) or not torch.equal(theirs.detach().cpu(), self.angles.to(theirs.dtype)):
+                count = theirs.numel() if isinstance(theirs, torch.Tensor) else "?"
+                error_msgs.append(
+                    f"{key}: the state holds other angles ({count} of them) than this ParallelBeamCT "
+                    f"({self.n_angles}); the geometry is configuration, not state: build the operator with "
+                    f"operator_from_config(config) instead"
+                )
+                return
+            state_dict = {k: v for k, v in state_dict.items() if k != key}  # checked: not a tensor to load
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

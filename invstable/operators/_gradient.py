@@ -48,6 +48,7 @@ class Gradient(Operator):
 
     name = "gradient"
     measurement_ndim = 5
+    image_shape = None  # images of any size
 
     def __init__(self, *, boundary: str = "circular", **kwargs):
         if boundary not in _BOUNDARIES:
@@ -63,7 +64,6 @@ class Gradient(Operator):
 
     def measurement_shape(self, x_shape):
         return (*x_shape[:-2], 2, *x_shape[-2:])
-
 
     def transfer_function_sq(self, shape: tuple[int, int], *, dtype=torch.float64, device=None) -> torch.Tensor:
         """``|L^(w)|^2`` on the ``H x W`` FFT grid (circular boundary only)."""

@@ -1,8 +1,30 @@
-"""Products with stored sparse matrices that every torch transform can go through."""
+"""Stored sparse matrices: torch CSR tensors made from their parts or from scipy, and products with them that
+every torch transform can go through. (Their norms are in :mod:`._norms`.)"""
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
 import torch
+
+
+def csr_tensor(crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor,
+               size: tuple[int, int]) -> torch.Tensor:
+    """A torch CSR tensor from its parts (torch's beta warning about sparse CSR silenced here, once)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow_indices, col_indices, values, size=size, check_invariants=False)
+
+
+def to_torch_csr(matrix: sp.csr_matrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scipy CSR matrix as a torch CSR tensor in ``dtype`` on ``device``; int32 indices where they fit (they
+    halve the memory traffic of the product and are twice as fast on CPU)."""
+    index = torch.int32 if matrix.nnz < 2**31 - 1 else torch.int64
+    return csr_tensor(torch.from_numpy(matrix.indptr.astype(np.int64)).to(index),
+                      torch.from_numpy(matrix.indices.astype(np.int64)).to(index),
+                      torch.from_numpy(matrix.data).to(dtype), tuple(matrix.shape)).to(device)
 
 
 class SparseProduct(torch.autograd.Function):

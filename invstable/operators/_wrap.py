@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 from deepinv.physics import LinearPhysics, Physics
 
-from ._base import Operator, check_tensor, digest, state_version
-from ._sparse import sparse_product
+from ._base import Operator, check_tensor, digest, remember, shape_tuple, state_version
+from ._check import check_operator
+from ._norms import matrix_norm
+from ._sparse import csr_tensor, sparse_product
 
 
-def _shape_tuple(in_shape, what: str = "in_shape") -> tuple[int, ...]:
-    if isinstance(in_shape, (int, np.integer)):
-        in_shape = (int(in_shape),)
-    try:
-        shape = tuple(int(v) for v in in_shape)
-    except TypeError:
-        raise TypeError(f"{what} must be a tuple of positive ints (one sample, no batch axis), got {in_shape!r}")
-    if not shape or min(shape) < 1:
-        raise ValueError(f"{what} must be a non-empty tuple of positive ints (one sample, no batch axis), got {shape}")
-    return shape
+_shape_tuple = shape_tuple  # the name this module used before the helper moved to ._base
 
 
 class MatrixOperator(Operator):
@@ -69,7 +60,7 @@ class MatrixOperator(Operator):
             raise TypeError(f"matrix has dtype {probe.dtype}; pass a real floating-point matrix (e.g. M.astype(float))")
         check_tensor(probe, "matrix")
         m, n = shape
-        in_shape = (n,) if in_shape is None else _shape_tuple(in_shape)
+        in_shape = (n,) if in_shape is None else shape_tuple(in_shape)
         if math.prod(in_shape) != n:
             raise ValueError(
                 f"matrix has {n} columns but in_shape {in_shape} has {math.prod(in_shape)} elements; pass the "
@@ -77,6 +68,7 @@ class MatrixOperator(Operator):
             )
         super().__init__(**kwargs)
         self.in_shape = in_shape
+        self.image_shape = in_shape
         self.out_size = m
         self.n_columns = n
         self.sparse = dense is None
@@ -86,13 +78,9 @@ class MatrixOperator(Operator):
             self.register_buffer("crow_indices", parts[0].clone())
             self.register_buffer("col_indices", parts[1].clone())
             self.register_buffer("values", parts[2].clone())
-        self._norm_cache: tuple | None = None
 
     def _csr(self) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
-                                           size=(self.out_size, self.n_columns), check_invariants=False)
+        return csr_tensor(self.crow_indices, self.col_indices, self.values, (self.out_size, self.n_columns))
 
     #: the stored matrix and its transpose (see :class:`SparseProduct`)
     _transposes = {"forward": "adjoint", "adjoint": "forward"}
@@ -105,25 +93,15 @@ class MatrixOperator(Operator):
     def measurement_shape(self, x_shape):
         return (x_shape[0], self.out_size)
 
-
     def norm_bound(self) -> float:
         """Exact spectral norm (dense SVD, or ARPACK for sparse matrices) with a relative margin of 1e-9."""
-        key = state_version(self)
-        if self._norm_cache is None or self._norm_cache[0] != key:
-            if not self.sparse:
-                value = float(torch.linalg.matrix_norm(self.matrix.double().cpu(), ord=2))
-            else:
-                csr = sp.csr_matrix((self.values.double().cpu().numpy(), self.col_indices.cpu().numpy(),
-                                     self.crow_indices.cpu().numpy()), shape=(self.out_size, self.n_columns))
-                if csr.nnz == 0:
-                    value = 0.0
-                elif min(csr.shape) <= 2:
-                    value = float(np.linalg.norm(csr.toarray(), 2))
-                else:
-                    v0 = np.random.default_rng(0).standard_normal(min(csr.shape))
-                    value = float(spla.svds(csr, k=1, tol=1e-12, return_singular_vectors=False, v0=v0)[0])
-            self._norm_cache = (key, value * (1 + 1e-9))
-        return self._norm_cache[1]
+        return remember(self, "norm", state_version(self), lambda: matrix_norm(self._scipy_or_dense()) * (1 + 1e-9))
+
+    def _scipy_or_dense(self):
+        if not self.sparse:
+            return self.matrix
+        return sp.csr_matrix((self.values.double().cpu().numpy(), self.col_indices.cpu().numpy(),
+                              self.crow_indices.cpu().numpy()), shape=(self.out_size, self.n_columns))
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         check_tensor(x, "x")
@@ -168,10 +146,9 @@ class CallableOperator(Operator):
         super().__init__(**kwargs)
         self._forward = forward
         self._adjoint = adjoint
-        self.in_shape = _shape_tuple(in_shape)
+        self.in_shape = shape_tuple(in_shape)
+        self.image_shape = self.in_shape
         if check:
-            from ._check import check_operator  # noqa: PLC0415 (the check needs the class defined)
-
             check_operator(self, self.in_shape, tol=tol)
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -179,10 +156,6 @@ class CallableOperator(Operator):
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         return self._adjoint(y)
-
-    def measurement_shape(self, x_shape):
-        with torch.no_grad():
-            return tuple(self._forward(torch.zeros(x_shape)).shape)
 
     def _repr_params(self) -> dict:
         def name(f):
