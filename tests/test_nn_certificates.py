@@ -84,7 +84,7 @@ def test_resnet_bound_is_finite_but_unconstrained():
 def test_nan_weights_raise_in_bound():
     net = inn.stable_network("gradient_flow", channels=2, depth=2, features="vector")
     with torch.no_grad():
-        net.layers[1].operator.weight[0, 0] = math.nan
+        net.layers[1].weight_map.weight[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
         net.lipschitz_bound()
 

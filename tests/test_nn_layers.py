@@ -27,7 +27,7 @@ def test_gradient_flow_is_non_expansive_for_any_weights(seed, log_scale, channel
     layer = inn.GradientFlowLayer(channels, hidden=hidden, step=step, activation=act, features=features,
                                   step_control=control, dtype=torch.float64)
     with torch.no_grad():  # arbitrary weights, then the documented refresh (as after loading weights)
-        layer.operator.weight.copy_(torch.randn(layer.operator.weight.shape, generator=g, dtype=torch.float64)
+        layer.weight_map.weight.copy_(torch.randn(layer.weight_map.weight.shape, generator=g, dtype=torch.float64)
                                     * 10**log_scale)
         layer.bias.copy_(torch.randn(layer.bias.shape, generator=g, dtype=torch.float64))
     shape = (channels, 4, 4) if features == "image" else (channels,)
@@ -105,9 +105,9 @@ def test_prolongation_reproduces_the_function_to_discretisation_accuracy(seed, f
 
 def test_prolong_interpolates_linearly_and_keeps_input():
     net = inn.stable_network("resnet", channels=2, depth=2, features="vector", dtype=torch.float64)
-    w0, w1 = (layer.operator.weight.detach().clone() for layer in net.layers)
+    w0, w1 = (layer.weight_map.weight.detach().clone() for layer in net.layers)
     fine = inn.prolong(net)
-    weights = [layer.operator.weight.detach() for layer in fine.layers]
+    weights = [layer.weight_map.weight.detach() for layer in fine.layers]
     torch.testing.assert_close(weights[0], w0)
     torch.testing.assert_close(weights[1], (w0 + w1) / 2)
     torch.testing.assert_close(weights[2], w1)
@@ -126,18 +126,18 @@ def test_time_smoothness_matches_definition_and_is_differentiable():
         for layer in net.layers:
             layer.bias.normal_()
     reg = inn.time_smoothness(net)
-    expected = sum(((b.operator.weight - a.operator.weight) ** 2).sum() + ((b.bias - a.bias) ** 2).sum()
+    expected = sum(((b.weight_map.weight - a.weight_map.weight) ** 2).sum() + ((b.bias - a.bias) ** 2).sum()
                    for a, b in zip(net.layers[:-1], net.layers[1:]))
     torch.testing.assert_close(reg, expected)
     no_bias = inn.time_smoothness(net, include_bias=False)
     assert float(no_bias.detach()) < float(reg.detach())
     torch.testing.assert_close(inn.time_smoothness(net, scale_by_step=True), reg / net.layers[0].step)
     reg.backward()
-    assert net.layers[1].operator.weight.grad is not None
+    assert net.layers[1].weight_map.weight.grad is not None
 
 
 # ---------------------------------------------------------------- stable_network contract
-@pytest.mark.parametrize("family", sorted(inn.FAMILIES))
+@pytest.mark.parametrize("family", sorted(inn.LAYER_FAMILIES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_family_maps_images_to_same_shape_and_dtype(family, dtype):
     net = inn.stable_network(family, channels=3, depth=2, step=0.5, dtype=dtype)
@@ -221,7 +221,7 @@ def test_split_control_takes_enough_substeps():
     g = torch.Generator().manual_seed(0)
     layer = inn.GradientFlowLayer(2, step=10.0, step_control="split", features="vector", rng=g,
                                   dtype=torch.float64)
-    sigma = layer.operator.eval().estimate().item()
+    sigma = layer.weight_map.eval().estimate().item()
     assert layer.substeps == math.ceil(10.0 * sigma**2 / 2)
     assert layer.substeps > 1
     assert layer.lipschitz_bound() <= 1 + 1e-12
@@ -232,6 +232,6 @@ def test_lifting_layer_rescales_only_when_needed():
     lift = inn.ConstrainedConv2d(1, 4, bound=1e3, rng=g, dtype=torch.float64)
     x = torch.randn(2, 1, 6, 6, generator=g, dtype=torch.float64)
     y = lift.eval()(x)
-    ref = torch.nn.functional.conv2d(x, lift.operator.weight, padding=1) + lift.bias
+    ref = torch.nn.functional.conv2d(x, lift.weight_map.weight, padding=1) + lift.bias
     torch.testing.assert_close(y, ref)
-    assert lift.lipschitz_bound() == pytest.approx(lift.operator.norm_bound())
+    assert lift.lipschitz_bound() == pytest.approx(lift.weight_map.norm_bound())

@@ -47,7 +47,7 @@ def hard_matrix():
 def test_lifting_bound_before_the_first_input(hard_matrix):
     lift = inn.ConstrainedConv2d(C, C, 3, bound=1.0, dtype=D, bias=False).eval()
     with torch.no_grad():
-        lift.operator.weight.copy_(_centre_kernel(hard_matrix))
+        lift.weight_map.weight.copy_(_centre_kernel(hard_matrix))
     before = lift.lipschitz_bound()
     assert _local_ratio(lift, torch.randn(1, C, 1, 1, dtype=D)) <= before
     assert _local_ratio(lift, torch.randn(1, C, 1, 1, dtype=D)) <= lift.lipschitz_bound()
@@ -56,7 +56,7 @@ def test_lifting_bound_before_the_first_input(hard_matrix):
 def test_dense_network_bound_before_the_first_input(hard_matrix):
     net = inn.stable_network("dense", channels=C, depth=1, step=1.0, dtype=D).eval()
     with torch.no_grad():
-        net.layers[0].operator.weight.copy_(_centre_kernel(hard_matrix))
+        net.layers[0].weight_map.weight.copy_(_centre_kernel(hard_matrix))
     before = net.lipschitz_bound()
     assert _local_ratio(net, torch.zeros(1, C, 1, 1, dtype=D)) <= before
 
@@ -68,7 +68,7 @@ def test_antisymmetric_bound_before_the_first_input():
         k += s * (torch.outer(q[:, i], q[:, j]) - torch.outer(q[:, j], q[:, i]))
     layer = inn.AntisymmetricLayer(C, step=20.0, max_norm=1.0, activation="tanh", dtype=D).eval()
     with torch.no_grad():
-        layer.operator.weight.copy_(_centre_kernel(k))
+        layer.weight_map.weight.copy_(_centre_kernel(k))
     before = layer.lipschitz_bound()
     assert _local_ratio(layer, torch.zeros(1, C, 1, 1, dtype=D)) <= before
 
@@ -76,12 +76,12 @@ def test_antisymmetric_bound_before_the_first_input():
 def test_training_call_after_a_weight_change_stays_within_the_bound_reported_before_it():
     layer = inn.GradientFlowLayer(2, features="vector", step=1.0, dtype=D)
     with torch.no_grad():
-        layer.operator.weight.copy_(torch.diag(torch.tensor([1.0, 0.5], dtype=D)))
+        layer.weight_map.weight.copy_(torch.diag(torch.tensor([1.0, 0.5], dtype=D)))
     layer.train()
     for _ in range(60):  # the warm start converges to e_1
         layer(torch.zeros(1, 2, dtype=D))
     with torch.no_grad():
-        layer.operator.weight.copy_(torch.tensor([[0.0, 0.1], [3.0, 0.0]], dtype=D))
+        layer.weight_map.weight.copy_(torch.tensor([[0.0, 0.1], [3.0, 0.0]], dtype=D))
         layer.bias.fill_(10.0)
     before = layer.lipschitz_bound()
     x = torch.zeros(1, 2, dtype=D)

@@ -1,4 +1,4 @@
-"""Operator norms: certified values against dense computations, power-iteration margin, buffers."""
+"""Weight-map norms: certified values against dense computations, power-iteration margin, buffers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import invstable.nn as inn
 from tests._nn_helpers import one_thread  # noqa: F401
-from invstable.nn import ConvOperator, DenseOperator, conv_norm_bound, conv_operator_norm, matrix_norm
+from invstable.nn import ConvWeight, DenseWeight, conv_norm_bound, conv_operator_norm, matrix_norm
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,12 +77,12 @@ def test_margin_covers_true_norm_after_init_and_during_training(seed, kind):
     only check 0.99 along the trajectory, and the full margin after a refresh."""
     g = torch.Generator().manual_seed(seed)
     if kind == "dense":
-        op = DenseOperator(6, 5, rng=g, dtype=torch.float64)
+        op = DenseWeight(6, 5, rng=g, dtype=torch.float64)
         x = torch.zeros(1, 6, dtype=torch.float64)
         exact = lambda: float(torch.linalg.matrix_norm(op.weight.detach(), ord=2))  # noqa: E731
     else:
         mode = kind.split("_")[1]
-        op = ConvOperator(3, 4, padding_mode=mode, rng=g, dtype=torch.float64)
+        op = ConvWeight(3, 4, padding_mode=mode, rng=g, dtype=torch.float64)
         x = torch.zeros(1, 3, 6, 6, dtype=torch.float64)
         exact = lambda: conv_operator_norm(op.weight, (6, 6), padding_mode=mode)  # noqa: E731
     op.train()
@@ -108,7 +108,7 @@ def test_estimate_can_lag_when_singular_values_cross_and_refresh_recovers():
     lets another overtake it, and for a few steps the estimate is below the norm. Certificates do not use
     the estimate (they use exact norms), and a refresh restores the margin."""
     g = torch.Generator().manual_seed(1)
-    op = DenseOperator(6, 5, rng=g, dtype=torch.float64).train()
+    op = DenseWeight(6, 5, rng=g, dtype=torch.float64).train()
     opt = torch.optim.Adam(op.parameters(), lr=1e-2)
     target = torch.randn(op.weight.shape, generator=g, dtype=torch.float64)
     worst = math.inf
@@ -125,26 +125,26 @@ def test_estimate_can_lag_when_singular_values_cross_and_refresh_recovers():
 
 def test_estimate_gradient_does_not_flow_through_iteration():
     g = torch.Generator().manual_seed(0)
-    op = DenseOperator(4, 3, rng=g, dtype=torch.float64).train()
+    op = DenseWeight(4, 3, rng=g, dtype=torch.float64).train()
     est = op.estimate()
     assert not op._v.requires_grad
     est.backward()
     # d||W v|| / dW = u v^T (v fixed): the gradient of sigma for the top singular pair
-    u = op.apply(op._v) / op.apply(op._v).norm()
+    u = op.matvec(op._v) / op.matvec(op._v).norm()
     expected = (1 + op.margin) * (u.T @ op._v)
     torch.testing.assert_close(op.weight.grad, expected)
 
 
 def test_conv_warm_start_follows_input_size_and_state_dict():
     g = torch.Generator().manual_seed(0)
-    op = ConvOperator(2, 3, rng=g, dtype=torch.float64)
+    op = ConvWeight(2, 3, rng=g, dtype=torch.float64)
     assert not op.has_estimate and op.input_size is None
     op.estimate(torch.zeros(1, 2, 6, 7, dtype=torch.float64))
     assert op.input_size == (6, 7) and op._v.shape == (1, 2, 6, 7)
     op.estimate(torch.zeros(1, 2, 5, 5, dtype=torch.float64))
     assert op.input_size == (5, 5)
     # a fresh module (no vector yet) loads the vector with its shape
-    other = ConvOperator(2, 3, dtype=torch.float64)
+    other = ConvWeight(2, 3, dtype=torch.float64)
     other.load_state_dict(op.state_dict())
     torch.testing.assert_close(other._v, op._v)
     assert "_v" in op.state_dict()
@@ -153,14 +153,14 @@ def test_conv_warm_start_follows_input_size_and_state_dict():
 
 def test_refresh_converges_to_exact_norm():
     g = torch.Generator().manual_seed(3)
-    op = ConvOperator(2, 2, rng=g, dtype=torch.float64)
+    op = ConvWeight(2, 2, rng=g, dtype=torch.float64)
     inn.refresh_spectral_norms(op, iterations=500, input_size=(6, 6))
     raw = op.eval().estimate().item() / (1 + op.margin)
     assert raw == pytest.approx(true_norm(op.weight.detach(), (6, 6)), rel=1e-3)
 
 
 def test_zero_weights_do_not_break_iteration():
-    op = DenseOperator(3, 3, dtype=torch.float64)
+    op = DenseWeight(3, 3, dtype=torch.float64)
     with torch.no_grad():
         op.weight.zero_()
     op.train().estimate()
@@ -176,11 +176,11 @@ def test_zero_weights_do_not_break_iteration():
     (dict(kernel_size=2), "odd"), (dict(padding_mode="reflect"), "padding_mode"), (dict(margin=-1), "margin"),
     (dict(power_iterations=-1), "power_iterations"),
 ])
-def test_operator_bad_arguments(bad, match):
+def test_weight_map_bad_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
-        ConvOperator(2, 2, **bad)
+        ConvWeight(2, 2, **bad)
 
 
-def test_operator_requires_size_before_estimate():
+def test_weight_map_requires_size_before_estimate():
     with pytest.raises(ValueError, match="input size"):
-        ConvOperator(2, 2).estimate()
+        ConvWeight(2, 2).estimate()

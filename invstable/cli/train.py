@@ -250,7 +250,7 @@ def _check_outputs(args) -> str:
 def layer_options(family: str, given: list[tuple[str, object]]) -> dict:
     """The ``--option KEY=VALUE`` pairs of ``family``, checked: the key is one of the family's layer options and
     the value has the type that option takes; ValueError naming the option (and the valid ones) otherwise."""
-    from ..nn._network import FAMILIES as LAYER_FAMILIES
+    from ..nn import LAYER_FAMILIES
 
     classes = _layer_classes(family)
     valid = sorted(LAYER_FAMILIES[FAMILIES[family]][1] - set(_MANAGED_OPTIONS))
@@ -271,11 +271,12 @@ def layer_options(family: str, given: list[tuple[str, object]]) -> dict:
 
 def _layer_classes(family: str) -> list[type]:
     from .. import nn as inn
-    from ..nn._network import SCHEMES
+    from ..nn import SCHEMES
 
+    # the shared options (features, kernel_size, ...) are the fields of LayerOptions
     return {"gradient_flow": [inn.GradientFlowLayer], "hamiltonian": list(SCHEMES.values()),
             "antisymmetric": [inn.AntisymmetricLayer], "dense": [inn.DenseNetwork],
-            "unconstrained": [inn.ResNetLayer]}[family]
+            "unconstrained": [inn.ResNetLayer]}[family] + [inn.LayerOptions]
 
 
 def _expected(classes, key) -> tuple[str | None, object]:

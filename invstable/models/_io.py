@@ -256,6 +256,10 @@ def build_model(model_config: dict, operator_config: dict, tensors: dict[str, to
         model = model_class.from_config(model_config, operator=operator)
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{where}: cannot rebuild the model from its configuration: {err}") from None
+    # files written when the layers' weight maps were called "operator" name them so: the current names
+    from ..nn import rename_legacy_keys
+
+    tensors = rename_legacy_keys(model, tensors)
     expected = model.weights(vectors=False)
     # files written before the sub-step count was part of the state lack it: refresh() below recomputes it
     missing = sorted(k for k in set(expected) - set(tensors) if not k.endswith("_extra_state"))

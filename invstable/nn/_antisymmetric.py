@@ -6,12 +6,11 @@ import math
 
 import torch
 
-from ._base import (SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step, make_bias,
-                    make_operator)
+from ._base import LayerOptions, StepLayer, check_finite_weights, check_input, check_positive
 from ._base import activation as get_activation
 
 
-class AntisymmetricLayer(StableModule):
+class AntisymmetricLayer(StepLayer):
     r"""Residual step with an antisymmetric (plus damping) weight.
 
     .. math::
@@ -31,8 +30,10 @@ class AntisymmetricLayer(StableModule):
         ``kappa``: ``||K||`` is kept below it by rescaling in the forward pass (power-iteration estimate with
         safety margin), which bounds ``||K - K^T|| <= 2 kappa``. ``constrained=False`` switches this off.
     activation : {"tanh", "relu", "leaky_relu", "softplus"}, default "tanh"
-    features, kernel_size, padding_mode, margin, power_iterations, rng, dtype, device :
-        see :class:`GradientFlowLayer`.
+    constrained : bool, default True
+    **options
+        ``features``, ``kernel_size``, ``padding_mode``, ``margin``, ``power_iterations``, ``rng``, ``dtype``,
+        ``device``: see :class:`invstable.nn.LayerOptions`.
 
     Notes
     -----
@@ -65,46 +66,43 @@ class AntisymmetricLayer(StableModule):
     True
     """
 
-    def __init__(self, channels: int, *, step: float = 1.0, gamma: float = 0.0, max_norm: float = 1.0,
-                 activation: str = "tanh", features: str = "image", kernel_size: int = 3,
-                 padding_mode: str = "zeros", constrained: bool = True, margin: float = SAFETY_MARGIN,
-                 power_iterations: int = 1, rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+    def __init__(self, channels: int, *, step: float = 1.0, gamma: float = 0.0, max_norm: float | None = 1.0,
+                 activation: str = "tanh", constrained: bool = True, **options) -> None:
         super().__init__()
-        self.step = check_step(step)
+        opts = LayerOptions.parse("AntisymmetricLayer", options)
+        self.step = check_positive("step", step)
         if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-        self.max_norm = check_step(max_norm) if max_norm is not None else None
+        self.max_norm = check_positive("max_norm", max_norm) if max_norm is not None else None
         self.gamma = float(gamma)
-        self.channels, self.features = channels, features
+        self.channels, self.features = channels, opts.features
         self.activation_name = activation
         self._sigma = get_activation(activation)
         self.constrained = bool(constrained) and max_norm is not None
-        self.operator = make_operator(features, channels, channels, kernel_size=kernel_size,
-                                      padding_mode=padding_mode, margin=margin,
-                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias = make_bias(features, channels, dtype, device)
+        self.weight_map = opts.weight(channels, channels)
+        self.bias = opts.bias(channels)
 
-    def _scale(self, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return self.operator.scale_to(self.max_norm, x, iterate=iterate)
+    @property
+    def norm_limit(self) -> float | None:
+        """``kappa``, the largest ``||s K||`` allowed; None when unconstrained."""
+        return self.max_norm if self.constrained else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, channels=self.channels, features=self.features, weight=self.operator.weight)
-        w = self.operator.antisymmetric_weight(self._scale(x, None), self.gamma)
-        return x + self.step * self._sigma(self.operator.apply(x, w) + self.bias)
+        check_input(x, channels=self.channels, features=self.features, weight=self.weight_map.weight)
+        w = self.weight_map.antisymmetric_weight(self.weight_map.scale(self.norm_limit, x), self.gamma)
+        return x + self.step * self._sigma(self.weight_map.matvec(x, w) + self.bias)
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         """Certified ``1 + h ||s (K - K^T) - gamma I||`` for the eval-mode map in the current state."""
         check_finite_weights(self)
-        if self.constrained and not self.operator.has_estimate:
-            # scale not fixed yet: s in (0, 1], ||s A - gamma I|| <= s ||K - K^T|| + gamma <= 2 ||K|| + gamma
-            norm = 2 * self.operator.norm_bound() + self.gamma
+        if self.constrained and not self.weight_map.has_estimate:
+            # scale not fixed yet: ||s (K - K^T) - gamma I|| <= 2 ||s K|| + gamma
+            norm = 2 * self.weight_map.scaled_norm_bound(self.norm_limit) + self.gamma
         else:
-            w = self.operator.antisymmetric_weight(self._scale(None, False), self.gamma)
-            norm = self.operator.norm_of(w)
+            w = self.weight_map.antisymmetric_weight(self.weight_map.scale(self.norm_limit, iterate=False),
+                                                     self.gamma)
+            norm = self.weight_map.norm_of(w)
         return 1.0 + self.step * norm
 
     def extra_repr(self) -> str:

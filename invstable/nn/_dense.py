@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import (SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step, make_bias,
-                    make_operator)
+from ._base import LayerOptions, StableModule, check_finite_weights, check_input, check_positive
 from ._base import activation as get_activation
 
 
@@ -16,42 +15,33 @@ class DenseUnit(StableModule):
     ``lipschitz_bound()`` is ``h ||s K||`` (certified).
     """
 
-    def __init__(self, channels: int, *, step: float, max_norm: float | None, activation: str, features: str,
-                 kernel_size: int, padding_mode: str, constrained: bool, margin: float, power_iterations: int,
-                 rng, dtype, device) -> None:
+    def __init__(self, channels: int, *, step: float, max_norm: float | None, activation: str, constrained: bool,
+                 options: LayerOptions) -> None:
         super().__init__()
-        self.step = check_step(step)
-        self.max_norm = check_step(max_norm) if max_norm is not None else None
+        self.step = check_positive("step", step)
+        self.max_norm = check_positive("max_norm", max_norm) if max_norm is not None else None
         self.constrained = bool(constrained) and max_norm is not None
-        self.channels, self.features = channels, features
+        self.channels, self.features = channels, options.features
         self._sigma = get_activation(activation)
-        self.operator = make_operator(features, channels, channels, kernel_size=kernel_size,
-                                      padding_mode=padding_mode, margin=margin,
-                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias = make_bias(features, channels, dtype, device)
+        self.weight_map = options.weight(channels, channels)
+        self.bias = options.bias(channels)
 
-    def _scale(self, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return self.operator.scale_to(self.max_norm, x, iterate=iterate)
+    @property
+    def norm_limit(self) -> float | None:
+        return self.max_norm if self.constrained else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.constrained:
-            kx, sigma = self.operator.apply_and_estimate(x)
+        if self.constrained:  # s K x = K (s x): one application of K gives K x and the norm estimate
+            kx, sigma = self.weight_map.matvec_and_estimate(x)
             kx = torch.clamp(self.max_norm / sigma, max=1.0) * kx
         else:
-            kx = self.operator.apply(x)
+            kx = self.weight_map.matvec(x)
         return self.step * self._sigma(kx + self.bias)
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         check_finite_weights(self)
-        sigma = self.operator.norm_bound()
-        if self.constrained:
-            if self.operator.has_estimate:
-                sigma *= float(self._scale(None, False))
-            # before the first input only s <= 1 is certain: the raw norm stands
-        return self.step * sigma
+        return self.step * self.weight_map.scaled_norm_bound(self.norm_limit)
 
 
 class DenseNetwork(StableModule):
@@ -76,8 +66,10 @@ class DenseNetwork(StableModule):
     max_norm : float, default 1.0
         ``||s_j K_j|| <= max_norm`` is enforced by rescaling (power iteration with safety margin).
     activation : default "tanh"
-    features, kernel_size, padding_mode, constrained, margin, power_iterations, rng, dtype, device :
-        see :class:`GradientFlowLayer`.
+    constrained : bool, default True
+    **options
+        ``features``, ``kernel_size``, ``padding_mode``, ``margin``, ``power_iterations``, ``rng``, ``dtype``,
+        ``device``: see :class:`invstable.nn.LayerOptions`.
 
     Notes
     -----
@@ -106,23 +98,20 @@ class DenseNetwork(StableModule):
     family = "dense"
 
     def __init__(self, channels: int, depth: int, *, step: float = 1.0, max_norm: float | None = 1.0,
-                 activation: str = "tanh", features: str = "image", kernel_size: int = 3,
-                 padding_mode: str = "zeros", constrained: bool = True, margin: float = SAFETY_MARGIN,
-                 power_iterations: int = 1, rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+                 activation: str = "tanh", constrained: bool = True, **options) -> None:
         super().__init__()
+        opts = LayerOptions.parse("DenseNetwork", options)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive int, got {depth!r}")
-        self.channels, self.depth, self.features = channels, depth, features
+        self.channels, self.depth, self.features = channels, depth, opts.features
         self.layers = nn.ModuleList(
-            DenseUnit(channels, step=step, max_norm=max_norm, activation=activation, features=features,
-                      kernel_size=kernel_size, padding_mode=padding_mode, constrained=constrained,
-                      margin=margin, power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
+            DenseUnit(channels, step=step, max_norm=max_norm, activation=activation, constrained=constrained,
+                      options=opts)
             for _ in range(depth)
         )
         # zero logits: uniform average of the history
-        self.mixing = nn.Parameter(torch.zeros(depth, depth, dtype=dtype or torch.get_default_dtype(),
-                                               device=device))
+        self.mixing = nn.Parameter(torch.zeros(depth, depth, dtype=opts.dtype or torch.get_default_dtype(),
+                                               device=opts.device))
 
     def weights(self) -> list[torch.Tensor]:
         """The normalised memory weights ``alpha_j`` (length ``j + 1``) of every step."""

@@ -6,14 +6,13 @@ import math
 
 import torch
 
-from ._base import (SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step,
-                    make_bias, make_operator)
+from ._base import LayerOptions, StepLayer, check_finite_weights, check_input, check_positive
 from ._base import activation as get_activation
 
 STEP_CONTROLS = ("clamp", "split")
 
 
-class GradientFlowLayer(StableModule):
+class GradientFlowLayer(StepLayer):
     r"""One explicit Euler step of the gradient flow of a convex potential, non-expansive by construction.
 
     .. math::
@@ -46,14 +45,11 @@ class GradientFlowLayer(StableModule):
     strong_convexity : float >= 0, default 0
         ``mu``: adds ``mu/2 ||x||^2`` to the potential; then ``h <= 2 / (||W||^2 + 2 mu)`` gives the
         Lipschitz constant ``1 - h mu < 1``.
-    features : {"image", "vector"}, default "image"
-    kernel_size : int, default 3
-    padding_mode : {"zeros", "circular"}, default "zeros"
     constrained : bool, default True
         False switches the step-size control off (the unconstrained baseline of the overhead benchmark).
-    margin, power_iterations : see :class:`DenseOperator`.
-    rng : torch.Generator, optional
-    dtype, device : optional
+    **options
+        ``features``, ``kernel_size``, ``padding_mode``, ``margin``, ``power_iterations``, ``rng``, ``dtype``,
+        ``device``: see :class:`invstable.nn.LayerOptions`.
 
     Notes
     -----
@@ -91,53 +87,48 @@ class GradientFlowLayer(StableModule):
 
     def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0,
                  activation: str = "relu", step_control: str = "clamp", contraction: float = 1.0,
-                 strong_convexity: float = 0.0, max_substeps: int = 64, features: str = "image",
-                 kernel_size: int = 3,
-                 padding_mode: str = "zeros", constrained: bool = True, margin: float = SAFETY_MARGIN,
-                 power_iterations: int = 1, rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+                 strong_convexity: float = 0.0, max_substeps: int = 64, constrained: bool = True,
+                 **options) -> None:
         super().__init__()
-        self.step = check_step(step)
+        opts = LayerOptions.parse("GradientFlowLayer", options)
+        self.step = check_positive("step", step)
         if step_control not in STEP_CONTROLS:
             raise ValueError(f"step_control={step_control!r} is not known; use one of {STEP_CONTROLS}")
-        if not (isinstance(contraction, (int, float)) and 0 < contraction <= 1):
+        if isinstance(contraction, bool) or not (isinstance(contraction, (int, float)) and 0 < contraction <= 1):
             raise ValueError(f"contraction must be in (0, 1], got {contraction!r}")
-        if not (isinstance(strong_convexity, (int, float)) and math.isfinite(strong_convexity)
-                and strong_convexity >= 0):
+        if isinstance(strong_convexity, bool) or not (isinstance(strong_convexity, (int, float))
+                                                      and math.isfinite(strong_convexity) and strong_convexity >= 0):
             raise ValueError(f"strong_convexity must be a finite number >= 0, got {strong_convexity!r}")
+        if isinstance(max_substeps, bool) or not isinstance(max_substeps, int) or max_substeps < 1:
+            raise ValueError(f"max_substeps must be a positive int, got {max_substeps!r}")
         hidden = channels if hidden is None else hidden
-        self.channels, self.hidden, self.features = channels, hidden, features
+        self.channels, self.hidden, self.features = channels, hidden, opts.features
         self.activation_name = activation
         if activation == "spline":  # learned, monotone and 1-Lipschitz by projection: the same proof holds
             from ._ridge import MonotoneSpline
 
-            self.spline = MonotoneSpline(hidden, knots=41, span=2.0, threshold=1.0, dtype=dtype, device=device)
+            self.spline = MonotoneSpline(hidden, knots=41, span=2.0, threshold=1.0, dtype=opts.dtype,
+                                         device=opts.device)
             self._sigma = self.spline
         else:
             self._sigma = get_activation(activation)
         self.step_control = step_control
-        if isinstance(max_substeps, bool) or not isinstance(max_substeps, int) or max_substeps < 1:
-            raise ValueError(f"max_substeps must be a positive int, got {max_substeps!r}")
         self.max_substeps = max_substeps
         self.contraction = float(contraction)
         self.strong_convexity = float(strong_convexity)
         self.constrained = bool(constrained)
-        self.operator = make_operator(features, channels, hidden, kernel_size=kernel_size,
-                                      padding_mode=padding_mode, margin=margin,
-                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias = make_bias(features, hidden, dtype, device)
+        self.weight_map = opts.weight(channels, hidden)
+        self.bias = opts.bias(hidden)
         self.substeps = 1
-        if self.operator.has_estimate:
-            self.update_substeps()
+        self.on_norms_refreshed()
 
     def _step_tensor(self, x: torch.Tensor | None, iterate: bool | None):
         """Sub-step actually taken: ``min(h / n, 2 / (||W||_est^2 + 2 mu))`` (a tensor when constrained)."""
         h = self.step / self.substeps
         if not self.constrained:
             return h
-        sigma = self.operator.estimate(x, iterate=iterate)
-        h_max = 2.0 / (sigma * sigma + 2.0 * self.strong_convexity)
-        return torch.clamp(h_max, max=h)
+        sigma = self.weight_map.estimate(x, iterate=iterate)
+        return torch.clamp(2.0 / (sigma * sigma + 2.0 * self.strong_convexity), max=h)
 
     def get_extra_state(self) -> torch.Tensor:
         """The sub-step count travels with the weights (state_dict, checkpoints, model files)."""
@@ -152,9 +143,9 @@ class GradientFlowLayer(StableModule):
     @torch.no_grad()
     def update_substeps(self) -> int:
         """Recompute the number of sub-steps of ``step_control="split"`` from the current estimate."""
-        if self.step_control != "split" or not self.constrained or not self.operator.has_estimate:
+        if self.step_control != "split" or not self.constrained or not self.weight_map.has_estimate:
             return self.substeps
-        sigma = float(self.operator.estimate(iterate=False).item())
+        sigma = float(self.weight_map.estimate(iterate=False).item())
         need = self.step * (sigma * sigma + 2.0 * self.strong_convexity) / 2.0
         if math.isfinite(need):
             self.substeps = min(max(1, math.ceil(need)), self.max_substeps)
@@ -162,19 +153,30 @@ class GradientFlowLayer(StableModule):
             self.substeps = self.max_substeps
         return self.substeps
 
+    def on_norms_refreshed(self) -> None:
+        """The sub-step count follows the refreshed estimate."""
+        self.update_substeps()
+
+    def halve_step(self) -> None:
+        """Half the step, and the square root of the contraction factor (two layers keep the product)."""
+        self.step = self.step / 2
+        self.contraction = self.contraction ** 0.5
+        self.substeps = 1
+        self.update_substeps()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, channels=self.channels, features=self.features, weight=self.operator.weight)
-        op, mu = self.operator, self.strong_convexity
+        check_input(x, channels=self.channels, features=self.features, weight=self.weight_map.weight)
+        w, mu = self.weight_map, self.strong_convexity
         h = self.step / self.substeps
         if self.constrained:  # W x and the norm estimate in one application of W
-            wx, sigma = op.apply_and_estimate(x)
+            wx, sigma = w.matvec_and_estimate(x)
             h = torch.clamp(2.0 / (sigma * sigma + 2.0 * mu), max=h)
         else:
-            wx = op.apply(x)
+            wx = w.matvec(x)
         for i in range(self.substeps):
             if i > 0:
-                wx = op.apply(x)
-            grad = op.adjoint(self._sigma(wx + self.bias))
+                wx = w.matvec(x)
+            grad = w.adjoint(self._sigma(wx + self.bias))
             if mu:
                 grad = grad + mu * x
             x = x - h * grad
@@ -184,18 +186,19 @@ class GradientFlowLayer(StableModule):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        """Certified Lipschitz constant of the eval-mode map in the current state (a float)."""
+        """Certified Lipschitz constant of the eval-mode map in the current state (a float).
+
+        Before a convolution's first input the step is not fixed, but calibration of the estimate at the first
+        size (:class:`invstable.nn.WeightMap`) makes every sub-step satisfy ``h (||W||^2 + 2 mu) <= 2`` there:
+        each step is then non-expansive.
+        """
         check_finite_weights(self)
-        sigma = self.operator.norm_bound()
         mu = self.strong_convexity
-        if not self.constrained:
-            steps = [self.step / self.substeps]
-        elif self.operator.has_estimate:
-            steps = [float(self._step_tensor(None, False))]
-        else:
-            # step not fixed yet (a convolution before its first input): any step in (0, h / n]
-            steps = [self.step / self.substeps, 0.0]
-        per_step = max(max(abs(1 - h * mu), abs(1 - h * (sigma * sigma + mu))) for h in steps)
+        if self.constrained and not self.weight_map.has_estimate:
+            return self.contraction
+        sigma = self.weight_map.norm_bound()
+        h = self.step / self.substeps if not self.constrained else float(self._step_tensor(None, False))
+        per_step = max(abs(1 - h * mu), abs(1 - h * (sigma * sigma + mu)))
         return self.contraction * per_step ** self.substeps
 
     def extra_repr(self) -> str:

@@ -10,8 +10,7 @@ import math
 
 import torch
 
-from ._base import (SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step, make_bias,
-                    make_operator, shear_norm)
+from ._base import LayerOptions, StepLayer, check_finite_weights, check_input, check_positive, shear_norm
 from ._base import activation as get_activation
 
 
@@ -21,29 +20,27 @@ def _check_tau(name, value):
     return float(value)
 
 
-class _PairLayer(StableModule):
-    """Common plumbing: ``forward(a, b) -> (a', b')`` and ``inverse(a', b') -> (a, b)``."""
+class _PairLayer(StepLayer):
+    """Common plumbing: ``forward(a, b) -> (a', b')``, ``inverse(a', b') -> (a, b)``, and the options every
+    scheme shares. A scheme gives its step rule (:meth:`norm_limit`: the largest ``||s K||`` its condition
+    allows) and its Lipschitz formula."""
 
-    def _norm_limit(self) -> float:
-        """Largest ``||s K||`` the step condition allows: ``h ||s K|| <= max_step_norm``."""
-        return self.max_step_norm / self.step
+    def _setup(self, owner: str, channels: int, step, max_step_norm, activation: str, constrained: bool,
+               options: dict) -> LayerOptions:
+        opts = LayerOptions.parse(owner, options)
+        self.step = check_positive("step", step)
+        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
+        self.channels, self.features = channels, opts.features
+        self.activation_name = activation
+        self._sigma = get_activation(activation)
+        self.constrained = bool(constrained)
+        return opts
 
-    def _scale(self, op, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return op.scale_to(self._norm_limit(), x, iterate=iterate)
-
-    def _bound_norm(self, op, power):
-        """``s ||K||`` with the scale of the eval-mode map (certified norm of the raw weight)."""
-        sigma = op.norm_bound()
-        if not self.constrained:
-            return sigma
-        if not op.has_estimate:
-            # scale not fixed yet: the condition caps h (s ||K||)^power at tau up to the margin of safety of
-            # the estimate, which cannot be certified before the first input; fall back to the raw norm
-            return sigma
-        s = float(self._scale(op, None, False))
-        return s * sigma
+    @property
+    def norm_limit(self) -> float | None:
+        """Largest ``||s K||`` the step condition allows, ``h ||s K|| <= max_step_norm``; None when
+        unconstrained."""
+        return self.max_step_norm / self.step if self.constrained else None
 
 
 class VerletLayer(_PairLayer):
@@ -70,8 +67,9 @@ class VerletLayer(_PairLayer):
         step is stable (eigenvalues on the unit circle) iff ``h ||K|| < 2``.
     activation : default "tanh"
     constrained : bool, default True
-    features, kernel_size, padding_mode, margin, power_iterations, rng, dtype, device :
-        see :class:`GradientFlowLayer`.
+    **options
+        ``features``, ``kernel_size``, ``padding_mode``, ``margin``, ``power_iterations``, ``rng``, ``dtype``,
+        ``device``: see :class:`invstable.nn.LayerOptions`.
 
     Notes
     -----
@@ -98,51 +96,42 @@ class VerletLayer(_PairLayer):
     """
 
     def __init__(self, channels: int, *, aux_channels: int | None = None, step: float = 1.0,
-                 max_step_norm: float = 1.0, activation: str = "tanh", features: str = "image",
-                 kernel_size: int = 3, padding_mode: str = "zeros", constrained: bool = True,
-                 margin: float = SAFETY_MARGIN, power_iterations: int = 1, rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+                 max_step_norm: float = 1.0, activation: str = "tanh", constrained: bool = True,
+                 **options) -> None:
         super().__init__()
-        self.step = check_step(step)
-        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
-        aux_channels = channels if aux_channels is None else aux_channels
-        self.channels, self.aux_channels, self.features = channels, aux_channels, features
-        self.activation_name = activation
-        self._sigma = get_activation(activation)
-        self.constrained = bool(constrained)
-        self.operator = make_operator(features, aux_channels, channels, kernel_size=kernel_size,
-                                      padding_mode=padding_mode, margin=margin,
-                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias_y = make_bias(features, channels, dtype, device)
-        self.bias_z = make_bias(features, aux_channels, dtype, device)
+        opts = self._setup("VerletLayer", channels, step, max_step_norm, activation, constrained, options)
+        self.aux_channels = channels if aux_channels is None else aux_channels
+        self.weight_map = opts.weight(self.aux_channels, channels)
+        self.bias_y = opts.bias(channels)
+        self.bias_z = opts.bias(self.aux_channels)
 
     def _check(self, y, z):
-        check_input(y, channels=self.channels, features=self.features, weight=self.operator.weight, name="y")
-        check_input(z, channels=self.aux_channels, features=self.features, weight=self.operator.weight,
+        check_input(y, channels=self.channels, features=self.features, weight=self.weight_map.weight, name="y")
+        check_input(z, channels=self.aux_channels, features=self.features, weight=self.weight_map.weight,
                     name="z")
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(y, z)
-        op, h = self.operator, self.step
-        w = self._scale(op, z, None) * op.weight
-        z = z - h * self._sigma(op.adjoint(y, w) + self.bias_z)
-        y = y + h * self._sigma(op.apply(z, w) + self.bias_y)
+        k, h = self.weight_map, self.step
+        w = k.scale(self.norm_limit, z) * k.weight
+        z = z - h * self._sigma(k.adjoint(y, w) + self.bias_z)
+        y = y + h * self._sigma(k.matvec(z, w) + self.bias_y)
         return y, z
 
     def inverse(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the step backwards (the eval-mode map; the power-iteration vector is not updated)."""
         self._check(y, z)
-        op, h = self.operator, self.step
-        w = self._scale(op, z, False) * op.weight
-        y = y - h * self._sigma(op.apply(z, w) + self.bias_y)
-        z = z + h * self._sigma(op.adjoint(y, w) + self.bias_z)
+        k, h = self.weight_map, self.step
+        w = k.scale(self.norm_limit, z, iterate=False) * k.weight
+        y = y - h * self._sigma(k.matvec(z, w) + self.bias_y)
+        z = z + h * self._sigma(k.adjoint(y, w) + self.bias_z)
         return y, z
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         """Certified bound for the pair map ``(y, z) -> (y', z')``: ``((a + sqrt(a^2+4))/2)^2``, ``a = h||sK||``."""
         check_finite_weights(self)
-        a = self.step * self._bound_norm(self.operator, 1)
+        a = self.step * self.weight_map.scaled_norm_bound(self.norm_limit)
         return shear_norm(a) ** 2
 
     def extra_repr(self) -> str:
@@ -171,8 +160,8 @@ class LeapfrogLayer(_PairLayer):
         ``tau``: ``h ||s C|| <= tau``. For the linear problem :math:`y'' = -C^\top C y` the leapfrog scheme
         is stable iff :math:`h^2 \|C\|^2 < 4`.
     activation : default "tanh"
-    constrained, features, kernel_size, padding_mode, margin, power_iterations, rng, dtype, device :
-        see :class:`GradientFlowLayer`.
+    constrained : bool, default True
+    **options : see :class:`invstable.nn.LayerOptions`.
 
     Notes
     -----
@@ -194,34 +183,25 @@ class LeapfrogLayer(_PairLayer):
     """
 
     def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0,
-                 max_step_norm: float = 1.0, activation: str = "tanh", features: str = "image",
-                 kernel_size: int = 3, padding_mode: str = "zeros", constrained: bool = True,
-                 margin: float = SAFETY_MARGIN, power_iterations: int = 1, rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+                 max_step_norm: float = 1.0, activation: str = "tanh", constrained: bool = True,
+                 **options) -> None:
         super().__init__()
-        self.step = check_step(step)
-        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
-        hidden = channels if hidden is None else hidden
-        self.channels, self.hidden, self.features = channels, hidden, features
-        self.activation_name = activation
-        self._sigma = get_activation(activation)
-        self.constrained = bool(constrained)
-        self.operator = make_operator(features, channels, hidden, kernel_size=kernel_size,
-                                      padding_mode=padding_mode, margin=margin,
-                                      power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias = make_bias(features, channels, dtype, device)
+        opts = self._setup("LeapfrogLayer", channels, step, max_step_norm, activation, constrained, options)
+        self.hidden = channels if hidden is None else hidden
+        self.weight_map = opts.weight(channels, self.hidden)
+        self.bias = opts.bias(channels)
 
     def _accel(self, y, iterate):
-        op = self.operator
+        c = self.weight_map
         if not self.constrained:
-            return self._sigma(-op.adjoint(op.apply(y)) + self.bias)
-        cy, sigma = op.apply_and_estimate(y, iterate=iterate)
-        s = torch.clamp(self._norm_limit() / sigma, max=1.0)  # the formula of _scale, on this call's estimate
-        return self._sigma(-(s * s) * op.adjoint(cy) + self.bias)
+            return self._sigma(-c.adjoint(c.matvec(y)) + self.bias)
+        cy, sigma = c.matvec_and_estimate(y, iterate=iterate)
+        s = torch.clamp(self.norm_limit / sigma, max=1.0)  # scale(norm_limit), on this call's estimate
+        return self._sigma(-(s * s) * c.adjoint(cy) + self.bias)
 
     def _check(self, a, b):
         for name, t in (("y_prev", a), ("y", b)):
-            check_input(t, channels=self.channels, features=self.features, weight=self.operator.weight,
+            check_input(t, channels=self.channels, features=self.features, weight=self.weight_map.weight,
                         name=name)
 
     def forward(self, y_prev: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +217,7 @@ class LeapfrogLayer(_PairLayer):
     def lipschitz_bound(self) -> float:
         """Certified bound for the pair map: ``(m + sqrt(m^2+4))/2`` with ``m = 2 + h^2 ||sC||^2``."""
         check_finite_weights(self)
-        c = self._bound_norm(self.operator, 1)
+        c = self.weight_map.scaled_norm_bound(self.norm_limit)
         return shear_norm(2.0 + self.step**2 * c * c)
 
     def extra_repr(self) -> str:
@@ -268,8 +248,8 @@ class SymplecticEulerLayer(_PairLayer):
     max_step_norm : float in (0, 2), default 1.0
         ``tau``: ``h ||s_i K_i||^2 <= tau`` for both weights (for a linear ``sigma`` the step is stable iff
         ``h^2 ||K_1||^2 ||K_2||^2 < 4``).
-    activation, constrained, features, kernel_size, padding_mode, margin, power_iterations, rng, dtype,
-    device : see :class:`GradientFlowLayer`.
+    activation, constrained : see :class:`VerletLayer`.
+    **options : see :class:`invstable.nn.LayerOptions`.
 
     Notes
     -----
@@ -296,52 +276,45 @@ class SymplecticEulerLayer(_PairLayer):
     """
 
     def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0,
-                 max_step_norm: float = 1.0, activation: str = "tanh", features: str = "image",
-                 kernel_size: int = 3, padding_mode: str = "zeros", constrained: bool = True,
-                 margin: float = SAFETY_MARGIN, power_iterations: int = 1, rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+                 max_step_norm: float = 1.0, activation: str = "tanh", constrained: bool = True,
+                 **options) -> None:
         super().__init__()
-        self.step = check_step(step)
-        self.max_step_norm = _check_tau("max_step_norm", max_step_norm)
-        hidden = channels if hidden is None else hidden
-        self.channels, self.aux_channels, self.hidden, self.features = channels, channels, hidden, features
-        self.activation_name = activation
-        self._sigma = get_activation(activation)
-        self.constrained = bool(constrained)
-        kw = dict(kernel_size=kernel_size, padding_mode=padding_mode, margin=margin,
-                  power_iterations=power_iterations, rng=rng, dtype=dtype, device=device)
-        self.operator_z = make_operator(features, channels, hidden, **kw)
-        self.operator_y = make_operator(features, channels, hidden, **kw)
-        self.bias_z = make_bias(features, hidden, dtype, device)
-        self.bias_y = make_bias(features, hidden, dtype, device)
+        opts = self._setup("SymplecticEulerLayer", channels, step, max_step_norm, activation, constrained, options)
+        self.hidden = channels if hidden is None else hidden
+        self.aux_channels = channels
+        self.weight_map_z = opts.weight(channels, self.hidden)
+        self.weight_map_y = opts.weight(channels, self.hidden)
+        self.bias_z = opts.bias(self.hidden)
+        self.bias_y = opts.bias(self.hidden)
 
-    def _norm_limit(self) -> float:
-        # the step condition is on h ||s K||^2 here (both half-steps apply K)
-        return math.sqrt(self.max_step_norm / self.step)
+    @property
+    def norm_limit(self) -> float | None:
+        """The step condition is on ``h ||s K||^2`` here (both half-steps apply ``K``): ``sqrt(tau / h)``."""
+        return math.sqrt(self.max_step_norm / self.step) if self.constrained else None
 
-    def _force(self, op, bias, x, iterate):
+    def _force(self, k, bias, x, iterate):
         if not self.constrained:
-            return op.adjoint(self._sigma(op.apply(x) + bias))
-        kx, sigma = op.apply_and_estimate(x, iterate=iterate)
-        s = torch.clamp(math.sqrt(self.max_step_norm / self.step) / sigma, max=1.0)
-        return s * op.adjoint(self._sigma(s * kx + bias))
+            return k.adjoint(self._sigma(k.matvec(x) + bias))
+        kx, sigma = k.matvec_and_estimate(x, iterate=iterate)
+        s = torch.clamp(self.norm_limit / sigma, max=1.0)  # scale(norm_limit), on this call's estimate
+        return s * k.adjoint(self._sigma(s * kx + bias))
 
     def _check(self, y, z):
         for name, t in (("y", y), ("z", z)):
-            check_input(t, channels=self.channels, features=self.features, weight=self.operator_y.weight,
+            check_input(t, channels=self.channels, features=self.features, weight=self.weight_map_y.weight,
                         name=name)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(y, z)
-        y = y + self.step * self._force(self.operator_z, self.bias_z, z, None)
-        z = z - self.step * self._force(self.operator_y, self.bias_y, y, None)
+        y = y + self.step * self._force(self.weight_map_z, self.bias_z, z, None)
+        z = z - self.step * self._force(self.weight_map_y, self.bias_y, y, None)
         return y, z
 
     def inverse(self, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the step backwards (eval-mode map)."""
         self._check(y, z)
-        z = z + self.step * self._force(self.operator_y, self.bias_y, y, False)
-        y = y - self.step * self._force(self.operator_z, self.bias_z, z, False)
+        z = z + self.step * self._force(self.weight_map_y, self.bias_y, y, False)
+        y = y - self.step * self._force(self.weight_map_z, self.bias_z, z, False)
         return y, z
 
     @torch.no_grad()
@@ -349,8 +322,8 @@ class SymplecticEulerLayer(_PairLayer):
         """Certified bound for the pair map: ``prod_i (a_i + sqrt(a_i^2+4))/2``, ``a_i = h ||s_i K_i||^2``."""
         check_finite_weights(self)
         out = 1.0
-        for op in (self.operator_z, self.operator_y):
-            n = self._bound_norm(op, 2)
+        for k in (self.weight_map_z, self.weight_map_y):
+            n = k.scaled_norm_bound(self.norm_limit)
             out *= shear_norm(self.step * n * n)
         return out
 

@@ -1,43 +1,50 @@
-"""Norm-constrained lifting and projection layers for unrolled models (C_in -> C_out, ||A|| <= bound)."""
+"""Norm-constrained lifting and projection layers for unrolled models (C_in -> C_out, ||W|| <= bound)."""
 
 from __future__ import annotations
 
 import torch
 
-from ._base import SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_step
-from ._spectral import INIT_ITERATIONS, ConvOperator, DenseOperator
+from ._base import SAFETY_MARGIN, StableModule, check_finite_weights, check_input, check_positive, make_weight
+from ._spectral import INIT_ITERATIONS, WeightMap
 
 
 class _Constrained(StableModule):
-    operator: ConvOperator | DenseOperator
+    """``x -> s W x + b`` with ``s = min(1, bound / ||W||_est)``: the weight-map constraint with no dynamics."""
 
-    def _scale(self, x, iterate):
-        if not self.constrained:
-            return 1.0
-        return self.operator.scale_to(self.bound, x, iterate=iterate)
+    weight_map: WeightMap
+
+    def _setup(self, features: str, in_ch: int, out_ch: int, *, bound, bias: bool, constrained: bool,
+               **weight_options) -> None:
+        self.bound = check_positive("bound", bound)
+        self.constrained = bool(constrained)
+        self._in, self._features = in_ch, features
+        self.weight_map = make_weight(features, in_ch, out_ch, **weight_options)
+        w = self.weight_map.weight
+        shape = (1, out_ch, 1, 1) if features == "image" else (1, out_ch)
+        self.bias = torch.nn.Parameter(torch.zeros(shape, dtype=w.dtype, device=w.device)) if bias else None
+
+    @property
+    def norm_limit(self) -> float | None:
+        return self.bound if self.constrained else None
 
     def effective_weight(self) -> torch.Tensor:
-        """The weight of the eval-mode map: ``min(1, bound / ||A||_est) * weight``."""
-        return self._scale(None, False) * self.operator.weight
+        """The weight of the eval-mode map: ``min(1, bound / ||W||_est) * weight``."""
+        return self.weight_map.scale(self.norm_limit, iterate=False) * self.weight_map.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, channels=self._in, features=self._features, weight=self.operator.weight)
-        if self.constrained:  # s A x = A (s x): one application of A gives A x and the norm estimate
-            ax, sigma = self.operator.apply_and_estimate(x)
-            y = torch.clamp(self.bound / sigma, max=1.0) * ax
+        check_input(x, channels=self._in, features=self._features, weight=self.weight_map.weight)
+        if self.constrained:  # s W x = W (s x): one application of W gives W x and the norm estimate
+            wx, sigma = self.weight_map.matvec_and_estimate(x)
+            y = torch.clamp(self.bound / sigma, max=1.0) * wx
         else:
-            y = self.operator.apply(x)
+            y = self.weight_map.matvec(x)
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        """Certified operator norm of the eval-mode map (the bias does not count)."""
+        """Certified norm of the eval-mode map (the bias does not count)."""
         check_finite_weights(self)
-        if self.constrained and not self.operator.has_estimate:
-            # the scale s <= 1 is not fixed until the first input, and the estimate it will use may fall short
-            # of the norm: only s ||K|| <= ||K|| is certain
-            return self.operator.norm_bound()
-        return self.operator.norm_of(self.effective_weight())
+        return self.weight_map.scaled_norm_bound(self.norm_limit)
 
 
 class ConstrainedConv2d(_Constrained):
@@ -46,7 +53,7 @@ class ConstrainedConv2d(_Constrained):
     .. math::  x \mapsto s\,K * x + b, \qquad s = \min(1, \beta / \|K\|_{est})
 
     where :math:`\|K\|_{est}` is the warm-started power-iteration estimate of the norm of the convolution
-    *at the input size* (of the operator, not of the reshaped kernel), inflated by the safety margin.
+    *at the input size* (of the convolution as a linear map, not of the reshaped kernel), inflated by the safety margin.
 
     Parameters
     ----------
@@ -80,14 +87,10 @@ class ConstrainedConv2d(_Constrained):
                  init_iterations: int = INIT_ITERATIONS, rng: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.bound = check_step(bound)
-        self.constrained = bool(constrained)
-        self._in, self._features = in_channels, "image"
-        self.operator = ConvOperator(in_channels, out_channels, kernel_size, padding_mode=padding_mode,
-                                     margin=margin, power_iterations=power_iterations,
-                                     init_iterations=init_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias = (torch.nn.Parameter(torch.zeros(1, out_channels, 1, 1, dtype=self.operator.weight.dtype,
-                                                    device=self.operator.weight.device)) if bias else None)
+        self._setup("image", in_channels, out_channels, bound=bound, bias=bias, constrained=constrained,
+                    kernel_size=kernel_size, padding_mode=padding_mode, margin=margin,
+                    power_iterations=power_iterations, init_iterations=init_iterations, rng=rng, dtype=dtype,
+                    device=device)
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}, constrained={self.constrained}"
@@ -110,13 +113,9 @@ class ConstrainedLinear(_Constrained):
                  init_iterations: int = INIT_ITERATIONS, rng: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.bound = check_step(bound)
-        self.constrained = bool(constrained)
-        self._in, self._features = in_features, "vector"
-        self.operator = DenseOperator(in_features, out_features, margin=margin, power_iterations=power_iterations,
-                                      init_iterations=init_iterations, rng=rng, dtype=dtype, device=device)
-        self.bias = (torch.nn.Parameter(torch.zeros(1, out_features, dtype=self.operator.weight.dtype,
-                                                    device=self.operator.weight.device)) if bias else None)
+        self._setup("vector", in_features, out_features, bound=bound, bias=bias, constrained=constrained,
+                    kernel_size=1, padding_mode="zeros", margin=margin, power_iterations=power_iterations,
+                    init_iterations=init_iterations, rng=rng, dtype=dtype, device=device)
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}, constrained={self.constrained}"

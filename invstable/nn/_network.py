@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._antisymmetric import AntisymmetricLayer
-from ._base import StableModule, check_input
+from ._base import LayerOptions, StableModule, check_input
 from ._dense import DenseNetwork
 from ._gradient_flow import GradientFlowLayer
 from ._hamiltonian import LeapfrogLayer, SymplecticEulerLayer, VerletLayer
@@ -138,15 +138,19 @@ def _dense(channels, depth, step, **options):
 
 
 def _options(*classes) -> set[str]:
+    """The keyword options a layer class takes: its own keyword-only parameters and, for a class taking
+    ``**options``, the shared :class:`LayerOptions` (less those it excludes)."""
     names: set[str] = set()
     for cls in classes:
         sig = inspect.signature(cls.__init__)
         names |= {n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            names |= LayerOptions.names() - cls.excluded_options
     return names - {"step"}
 
 
 #: family name -> (builder, the options it accepts)
-FAMILIES: dict[str, tuple[Callable[..., nn.Module], set[str]]] = {
+LAYER_FAMILIES: dict[str, tuple[Callable[..., nn.Module], set[str]]] = {
     "gradient_flow": (_gradient_flow, _options(GradientFlowLayer)),
     "hamiltonian": (_hamiltonian, {"scheme"} | _options(VerletLayer, LeapfrogLayer, SymplecticEulerLayer)),
     "antisymmetric": (_antisymmetric, _options(AntisymmetricLayer)),
@@ -194,9 +198,9 @@ def stable_network(family: str, *, channels: int, depth: int, step: float | None
     >>> net.lipschitz_bound()
     1.0
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r} is not known; valid families: {sorted(FAMILIES)}")
-    builder, valid = FAMILIES[family]
+    if family not in LAYER_FAMILIES:
+        raise ValueError(f"family={family!r} is not known; valid families: {sorted(LAYER_FAMILIES)}")
+    builder, valid = LAYER_FAMILIES[family]
     unknown = sorted(set(options) - valid)
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for family {family!r}; valid options: {sorted(valid)}")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ._base import StableModule, check_finite_weights, check_input, check_step, make_bias, make_operator
+from ._base import LayerOptions, StepLayer, check_finite_weights, check_input, check_positive
 from ._base import activation as get_activation
 
 
-class ResNetLayer(StableModule):
+class ResNetLayer(StepLayer):
     r"""Plain residual step, no constraint: :math:`Y \mapsto Y + h\,\sigma(K Y + b)`, or with ``hidden`` features
     :math:`Y \mapsto Y + h\,V \sigma(K Y + b)` (``K``: channels to hidden, ``V``: hidden to channels, untied).
 
@@ -20,7 +20,9 @@ class ResNetLayer(StableModule):
         :math:`W^\top \sigma(W Y + b)` it unties); default: no hidden layer (``K`` is square).
     step : float, default 1.0
     activation : {"tanh", "relu", "leaky_relu", "softplus"}, default "tanh"
-    features, kernel_size, padding_mode, rng, dtype, device : see :class:`GradientFlowLayer`.
+    **options
+        ``features``, ``kernel_size``, ``padding_mode``, ``rng``, ``dtype``, ``device``: see
+        :class:`invstable.nn.LayerOptions` (no ``margin`` or ``power_iterations``: nothing is estimated).
 
     Notes
     -----
@@ -43,44 +45,40 @@ class ResNetLayer(StableModule):
     torch.Size([3, 2])
     """
 
+    #: options of the other families that mean nothing for a layer that constrains nothing
+    excluded_options = frozenset({"margin", "power_iterations"})
+
     def __init__(self, channels: int, *, hidden: int | None = None, step: float = 1.0, activation: str = "tanh",
-                 features: str = "image",
-                 kernel_size: int = 3, padding_mode: str = "zeros", rng: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+                 **options) -> None:
         super().__init__()
-        self.step = check_step(step)
-        self.channels, self.features = channels, features
+        opts = LayerOptions.parse("ResNetLayer", options, exclude=self.excluded_options, margin=0.0,
+                                  power_iterations=0)
+        self.step = check_positive("step", step)
+        self.channels, self.features = channels, opts.features
         self.activation_name = activation
         self._sigma = get_activation(activation)
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
             raise ValueError(f"hidden must be a positive int (the width of the hidden features), got {hidden!r}")
         self.hidden = hidden
         width = channels if hidden is None else hidden
-        self.operator = make_operator(features, channels, width, kernel_size=kernel_size,
-                                      padding_mode=padding_mode, margin=0.0, power_iterations=0, rng=rng,
-                                      dtype=dtype, device=device)
+        self.weight_map = opts.weight(channels, width, init_iterations=0)
         # V, applied as the adjoint of a second (untied) map from channels to hidden
-        self.output = None if hidden is None else make_operator(
-            features, channels, hidden, kernel_size=kernel_size, padding_mode=padding_mode, margin=0.0,
-            power_iterations=0, rng=rng, dtype=dtype, device=device)
-        self.bias = make_bias(features, width, dtype, device)
+        self.output = None if hidden is None else opts.weight(channels, hidden, init_iterations=0)
+        self.bias = opts.bias(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, channels=self.channels, features=self.features, weight=self.operator.weight)
-        if self.features == "image" and self.operator.input_size != tuple(x.shape[-2:]):
-            # record the input size (the certified norm is taken at it); no iterations are needed
-            for op in (self.operator, self.output):
-                if op is not None:
-                    op.init_iterations = 0
-                    op._ensure_vector(x)
-        z = self._sigma(self.operator.apply(x) + self.bias)
+        check_input(x, channels=self.channels, features=self.features, weight=self.weight_map.weight)
+        for w in (self.weight_map, self.output):
+            if w is not None:
+                w.observe(x)  # the certified norm is taken at the input size; nothing is estimated
+        z = self._sigma(self.weight_map.matvec(x) + self.bias)
         return x + self.step * (z if self.output is None else self.output.adjoint(z))
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         """``1 + h ||K||`` (``1 + h ||V|| ||K||`` with hidden features; certified, from the current weights)."""
         check_finite_weights(self)
-        gain = self.operator.norm_bound() * (1.0 if self.output is None else self.output.norm_bound())
+        gain = self.weight_map.norm_bound() * (1.0 if self.output is None else self.output.norm_bound())
         return 1.0 + self.step * gain
 
     def extra_repr(self) -> str:

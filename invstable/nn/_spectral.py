@@ -1,16 +1,21 @@
-"""Operator norms: exact values, certified bounds and warm-started power iteration.
+"""Weight maps and their norms: exact values, certified bounds and warm-started power iteration.
 
-A linear map ``A`` (a matrix acting on vectors, or a ``k x k`` convolution acting on images of a given size)
-enters every stability constraint of :mod:`invstable.nn` through its operator norm ``||A||_2``. Two numbers
-are kept apart:
+A layer's linear weight map ``W`` (a matrix acting on vectors, or a ``k x k`` convolution acting on images of a
+given size) enters every stability constraint of :mod:`invstable.nn` through its norm ``||W||_2``. (In
+invstable "operator" always means the forward model ``A`` of ``y = A x + noise``; inside layers the linear map is
+a *weight map*.) Two numbers are kept apart:
 
-* the *estimate* used in the forward pass: warm-started power iteration on ``A^T A`` (one iteration per
-  training step), which approaches ``||A||`` from below, inflated by a stated safety margin
+* the *estimate* used in the forward pass: warm-started power iteration on ``W^T W`` (one iteration per
+  training step), which approaches ``||W||`` from below, inflated by a stated safety margin
   (:data:`SAFETY_MARGIN`); it is cheap, stays on the device and never synchronises with the host;
 * the *certified value* used by ``lipschitz_bound()``: the exact norm computed densely in float64 (singular
   values of the matrix, or of the Fourier symbol of the convolution on a grid on which the zero-padded
   convolution is a compression of a circular one). It is an upper bound whatever the state of the power
   iteration, so a certificate never depends on the iteration having converged.
+
+:class:`WeightMap` is the one constraint every layer family composes: a learnable weight, its estimate (for the
+step or scale the layer takes) and its certified norm (for the bound). A family adds only its step rule and its
+Lipschitz formula.
 """
 
 from __future__ import annotations
@@ -24,16 +29,16 @@ from torch import nn
 __all__ = [
     "SAFETY_MARGIN",
     "INIT_ITERATIONS",
-    "DenseOperator",
-    "ConvOperator",
+    "WeightMap",
+    "DenseWeight",
+    "ConvWeight",
     "matrix_norm",
     "conv_operator_norm",
     "conv_norm_bound",
-    "refresh_spectral_norms",
 ]
 
 #: Relative safety margin of the power-iteration estimate: the value used in a constraint is
-#: ``(1 + SAFETY_MARGIN) * ||A v||`` with ``v`` the warm-started unit vector. Power iteration approaches the
+#: ``(1 + SAFETY_MARGIN) * ||W v||`` with ``v`` the warm-started unit vector. Power iteration approaches the
 #: norm from below; with :data:`INIT_ITERATIONS` iterations at initialisation (or at a new input size) and one
 #: per training step afterwards, the tests check that the inflated estimate covers the exact norm.
 SAFETY_MARGIN = 0.05
@@ -159,11 +164,23 @@ def conv_norm_bound(kernel: torch.Tensor, *, grid: int = 64) -> float:
     return (float(_symbol_norms(k, (grid, grid)).max().item()) + variation) * (1 + _ROUNDING)
 
 
-class _Operator(nn.Module):
-    """A linear map with a learnable weight and a warm-started power-iteration estimate of its norm.
+class WeightMap(nn.Module):
+    """A learnable linear map ``W`` with a warm-started power-iteration estimate and a certified norm.
 
-    Subclasses give ``apply``, ``adjoint``, the shape of the start vector for an input and the certified
-    norm; everything else (warm start, margin, no-grad iteration, state_dict resizing) lives here.
+    The constraint every layer family shares: the forward pass takes its step or scale from :meth:`estimate`
+    (or :meth:`scale`), and ``lipschitz_bound()`` evaluates the family's formula with :meth:`norm_bound` (or
+    :meth:`scaled_norm_bound`), exact float64 norms of the current weight.
+
+    Subclasses give :meth:`matvec`, :meth:`adjoint`, the shape of the start vector for an input and the
+    certified norm; everything else (warm start, margin, no-grad iteration, calibration, state_dict resizing)
+    lives here. ``W x`` is :meth:`matvec` (or calling the module); the name ``apply`` is left to
+    :meth:`torch.nn.Module.apply`.
+
+    Calibration: when the first warm-start vector is created (at construction for matrices, at the first input
+    for convolutions) its estimate is compared with the certified norm at that size; should the
+    ``init_iterations`` iterations fall short of it, the vector is lengthened so that the estimate covers the
+    certified norm. The eval-mode map of a fresh layer therefore meets its family's condition at whatever size
+    it first sees, which is what lets a layer certify its bound before its first input.
     """
 
     weight: torch.Tensor
@@ -171,42 +188,49 @@ class _Operator(nn.Module):
     def __init__(self, *, margin: float, power_iterations: int, init_iterations: int,
                  differentiate_iteration: bool) -> None:
         super().__init__()
-        if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and math.isfinite(margin)
+                                            and margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         for name, val in (("power_iterations", power_iterations), ("init_iterations", init_iterations)):
-            if not (isinstance(val, int) and val >= 0):
+            if isinstance(val, bool) or not (isinstance(val, int) and val >= 0):
                 raise ValueError(f"{name} must be an int >= 0, got {val!r}")
         self.margin = float(margin)
         self.power_iterations = power_iterations
         self.init_iterations = init_iterations
         self.differentiate_iteration = bool(differentiate_iteration)
-        # warm-start pair: unit input vector v and unit output vector u = A v / ||A v|| (persistent buffers;
-        # dtype/device follow the weight, see _ensure_vector)
+        # warm-start pair: input vector v (unit, or longer after calibration) and unit output vector
+        # u = W v / ||W v|| (persistent buffers; dtype/device follow the weight, see _ensure_vector)
         self.register_buffer("_v", torch.zeros(0))
         self.register_buffer("_u", torch.zeros(0))
 
     # --- to be given by subclasses
-    def apply(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def matvec(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``W x`` (with ``weight`` in place of ``W`` if given)."""
         raise NotImplementedError
 
     def adjoint(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``W^T y`` (with ``weight`` in place of ``W`` if given)."""
         raise NotImplementedError
 
     def _vector_shape(self, x: torch.Tensor | None) -> tuple[int, ...] | None:
         raise NotImplementedError
 
-    def norm_bound(self) -> float:
-        """Certified ``||A||`` for the raw weight (float64, from the current weights)."""
+    def norm_of(self, weight: torch.Tensor) -> float:
+        """Certified norm of the map with another weight of the same kind (float64)."""
         raise NotImplementedError
 
     # --- shared machinery
+    def norm_bound(self) -> float:
+        """Certified ``||W||`` for the raw weight (float64, from the current weights)."""
+        return self.norm_of(self.weight)
+
     @property
     def has_estimate(self) -> bool:
         """Whether a warm-start vector exists (convolutions get one at their first input)."""
         return self._v.numel() > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply(x)
+        return self.matvec(x)
 
     @staticmethod
     def _normalise(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
@@ -216,37 +240,57 @@ class _Operator(nn.Module):
         return torch.where(ok, t / norm.clamp_min(_TINY), fallback)
 
     def _iterate(self, v: torch.Tensor, n: int, weight: torch.Tensor) -> torch.Tensor:
-        """``n`` steps of ``v <- A^T A v / ||A^T A v||``."""
+        """``n`` steps of ``v <- W^T W v / ||W^T W v||``."""
         for _ in range(n):
-            v = self._normalise(self.adjoint(self.apply(v, weight), weight), v)
+            v = self._normalise(self.adjoint(self.matvec(v, weight), weight), v)
         return v
 
-    def _ensure_vector(self, x: torch.Tensor | None) -> bool:
-        """Create the warm-start vectors for this input size if needed; True when they are available."""
+    def _ensure_vector(self, x: torch.Tensor | None, *, calibrate: bool = True) -> bool:
+        """Create the warm-start vectors for this input size if needed (calibrating the first ones); True when
+        they are available."""
         shape = self._vector_shape(x)
         if shape is None:
             return self._v.numel() > 0
         if tuple(self._v.shape) != shape or self._v.dtype != self.weight.dtype or self._v.device != self.weight.device:
+            first = self._v.numel() == 0
             self._restart(_hash_vector(shape, dtype=self.weight.dtype, device=self.weight.device),
                           self.init_iterations)
+            if first and calibrate:
+                self._calibrate()
         return True
 
     @torch.no_grad()
     def _restart(self, v: torch.Tensor, iterations: int) -> None:
         w = self.weight.detach()
         v = self._iterate(v, iterations, w)
-        u = self.apply(v, w)
+        u = self.matvec(v, w)
         self._v, self._u = v, self._normalise(u, u)
 
-    def estimate(self, x: torch.Tensor | None = None, *, iterate: bool | None = None) -> torch.Tensor:
-        """``(1 + margin) ||A v||``: the value of ``||A||`` used by constraints (a 0-dim tensor).
+    @torch.no_grad()
+    def _calibrate(self) -> None:
+        """Lengthen ``v`` so that ``(1 + margin) ||W v||`` covers the certified norm (host-side, once)."""
+        exact = self.norm_bound()
+        if not math.isfinite(exact) or exact == 0.0:
+            return
+        w = self.weight.detach()
+        reach = float(self.matvec(self._v, w).norm().item())
+        if reach == 0.0:  # the start vector saw nothing of W: start from the row space instead
+            out = _hash_vector(tuple(self._u.shape), dtype=w.dtype, device=w.device)
+            self._restart(self._normalise(self.adjoint(out, w), self._v), self.init_iterations)
+            reach = float(self.matvec(self._v, w).norm().item())
+        target = exact * (1 + _CALIBRATION_SLACK)
+        if 0.0 < reach * (1.0 + self.margin) < target:
+            self._v = self._v * (target / (reach * (1.0 + self.margin)))
 
-        In training mode the warm-start pair first takes ``power_iterations`` steps: ``v <- A^T u / ||.||``,
-        and, after the norm is taken, ``u <- A v / ||A v||`` (the product ``A v`` serves both the norm and
-        the next step, so one iteration costs one application of ``A^T`` and one of ``A``). No gradient flows
+    def estimate(self, x: torch.Tensor | None = None, *, iterate: bool | None = None) -> torch.Tensor:
+        """``(1 + margin) ||W v||``: the value of ``||W||`` used by constraints (a 0-dim tensor).
+
+        In training mode the warm-start pair first takes ``power_iterations`` steps: ``v <- W^T u / ||.||``,
+        and, after the norm is taken, ``u <- W v / ||W v||`` (the product ``W v`` serves both the norm and
+        the next step, so one iteration costs one application of ``W^T`` and one of ``W``). No gradient flows
         through the iteration unless ``differentiate_iteration``. In eval mode nothing is updated, so the
         map is fixed, equal to the map of the last training-mode call, and ``lipschitz_bound()`` certifies
-        exactly it. In training mode the value is ``max(||A v_old||, ||A v_new||)``: never below the value the
+        exactly it. In training mode the value is ``max(||W v_old||, ||W v_new||)``: never below the value the
         previous state would use. Gradient flows to the weight through the norms.
         """
         if not self._ensure_vector(x):
@@ -257,7 +301,7 @@ class _Operator(nn.Module):
         if iterate is None:
             iterate = self.training
         if not (iterate and self.power_iterations > 0):
-            return self.apply(self._v).norm() * (1.0 + self.margin)
+            return self.matvec(self._v).norm() * (1.0 + self.margin)
         if self.differentiate_iteration:
             v = self._normalise(self.adjoint(self._u, self.weight), self._v)
             v = self._iterate(v, self.power_iterations - 1, self.weight)
@@ -266,32 +310,59 @@ class _Operator(nn.Module):
                 w = self.weight.detach()
                 v = self._normalise(self.adjoint(self._u, w), self._v)
                 v = self._iterate(v, self.power_iterations - 1, w)
-        # ||A v_old|| and ||A v_new|| are both lower bounds on ||A||: taking the larger means a training-mode call
-        # never uses a larger step or scale than the map certified just before it (the weights may have moved
-        # since v_old was computed, and one iteration from a stale vector can land lower). One batch of two.
-        both = self.apply(torch.cat([v, self._v.to(v.dtype)]))
+        # ||W v_old|| and ||W v_new|| both serve as the norm: taking the larger means a training-mode call never
+        # uses a larger step or scale than the map certified just before it (the weights may have moved since
+        # v_old was computed, and one iteration from a stale vector can land lower). One batch of two.
+        both = self.matvec(torch.cat([v, self._v.to(v.dtype)]))
         y, previous = both[:1], both[1:]
         with torch.no_grad():
-            # keep the vector that gave the larger value, so that the eval-mode map (which uses ||A v||) is the
+            # keep the vector that gave the larger value, so that the eval-mode map (which uses ||W v||) is the
             # map of this call; u carries the iteration forward either way
             self._v = torch.where(y.norm() >= previous.norm(), v.detach(), self._v)
             self._u = self._normalise(y.detach(), self._u)
         return torch.maximum(y.norm(), previous.norm()) * (1.0 + self.margin)
 
-    def scale_to(self, limit, x: torch.Tensor | None = None, *, iterate: bool | None = None) -> torch.Tensor:
-        """``min(1, limit / estimate)``: the factor ``s`` that keeps the estimated norm of ``s A`` at most
-        ``limit`` (how every constrained layer enforces its condition)."""
+    def scale(self, limit: float | None, x: torch.Tensor | None = None, *, iterate: bool | None = None):
+        """``min(1, limit / estimate)``: the factor ``s`` that keeps the estimated norm of ``s W`` at most
+        ``limit`` (how a constrained layer enforces its condition); ``1.0`` when ``limit`` is None
+        (unconstrained)."""
+        if limit is None:
+            return 1.0
         return torch.clamp(limit / self.estimate(x, iterate=iterate), max=1.0)
 
-    def apply_and_estimate(self, x: torch.Tensor, *, iterate: bool | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A x, estimate)``: the raw map and the norm estimate, for layers that rescale after applying
-        ``A`` (``s A x = A (s x)``).
+    @torch.no_grad()
+    def scaled_norm_bound(self, limit: float | None) -> float:
+        """Certified ``||s W||`` for the eval-mode scale ``s = scale(limit)`` (float64 norm of the weight).
 
-        Appending ``v`` to the batch of ``x`` to get ``A v`` from the same call was measured slower on CPU
+        Before a convolution's first input the scale is not fixed; calibration guarantees the estimate at the
+        first size covers the norm there, so ``s ||W|| <= min(limit, ||W||)`` at every size.
+        """
+        sigma = self.norm_bound()
+        if limit is None:
+            return sigma
+        if not self.has_estimate:
+            return min(float(limit), sigma)
+        return float(self.scale(limit, iterate=False)) * sigma
+
+    def matvec_and_estimate(self, x: torch.Tensor, *, iterate: bool | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W x, estimate)``: the raw map and the norm estimate, for layers that rescale after applying
+        ``W`` (``s W x = W (s x)``).
+
+        Appending ``v`` to the batch of ``x`` to get ``W v`` from the same call was measured slower on CPU
         (concatenation and slicing cost more than a batch-1 convolution), so the two are computed apart.
         """
-        return self.apply(x), self.estimate(x, iterate=iterate)
+        return self.matvec(x), self.estimate(x, iterate=iterate)
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Record the input size of ``x`` (the size the certified norm refers to) without estimating anything:
+        for unconstrained maps, which never use the estimate."""
+        shape = self._vector_shape(x)
+        if shape is not None and tuple(self._v.shape) != shape:
+            with torch.no_grad():
+                v = _hash_vector(shape, dtype=self.weight.dtype, device=self.weight.device)
+                u = self.matvec(v, self.weight.detach())
+                self._v, self._u = v, self._normalise(u, u)
 
     @torch.no_grad()
     def refresh(self, iterations: int = INIT_ITERATIONS, *, input_size: tuple[int, int] | None = None,
@@ -322,12 +393,17 @@ class _Operator(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+#: Relative amount by which calibration puts the estimate above the certified norm (float32 rounding of
+#: ``||W v||`` must not undo it).
+_CALIBRATION_SLACK = 1e-4
+
+
 def _init_weight(shape, fan_in, rng, dtype, device, gain=1.0):
     w = torch.randn(shape, generator=rng, dtype=torch.float64) * (gain / math.sqrt(fan_in))
     return nn.Parameter(w.to(dtype=dtype or torch.get_default_dtype(), device=device))
 
 
-class DenseOperator(_Operator):
+class DenseWeight(WeightMap):
     """A matrix ``W`` (out_features x in_features) acting on vectors ``(B, in_features)``.
 
     Parameters
@@ -346,11 +422,11 @@ class DenseOperator(_Operator):
     Examples
     --------
     >>> import torch
-    >>> from invstable.nn import DenseOperator
-    >>> op = DenseOperator(3, 5, rng=torch.Generator().manual_seed(0))
-    >>> op.apply(torch.ones(2, 3)).shape
+    >>> from invstable.nn import DenseWeight
+    >>> w = DenseWeight(3, 5, rng=torch.Generator().manual_seed(0))
+    >>> w.matvec(torch.ones(2, 3)).shape
     torch.Size([2, 5])
-    >>> float(op.estimate().detach()) >= op.norm_bound()
+    >>> float(w.estimate().detach()) >= w.norm_bound()
     True
     """
 
@@ -365,7 +441,7 @@ class DenseOperator(_Operator):
         self.weight = _init_weight((out_features, in_features), in_features, rng, dtype, device)
         self._ensure_vector(None)
 
-    def apply(self, x, weight=None):
+    def matvec(self, x, weight=None):
         return x @ (self.weight if weight is None else weight).T
 
     def adjoint(self, y, weight=None):
@@ -378,35 +454,31 @@ class DenseOperator(_Operator):
         return scale * (w - w.T) - gamma * eye
 
     def norm_of(self, weight: torch.Tensor) -> float:
-        """Certified norm of the map with another weight of the same kind."""
         return matrix_norm(weight)
 
     def _vector_shape(self, x):
         return (1, self.in_features)
 
-    def norm_bound(self) -> float:
-        return matrix_norm(self.weight)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, margin={self.margin}"
 
 
-class ConvOperator(_Operator):
+class ConvWeight(WeightMap):
     """A stride-1 'same' ``k x k`` convolution ``C_in -> C_out`` acting on images ``(B, C_in, H, W)``.
 
-    Its norm is the norm of the operator at the input size (not of the reshaped kernel), so the warm-start
+    Its norm is the norm of the map at the input size (not of the reshaped kernel), so the warm-start
     vector has the shape ``(1, C_in, H, W)`` of one input; it is re-created (and iterated
-    ``init_iterations`` times) when the input size changes. Parameters as :class:`DenseOperator`, plus
+    ``init_iterations`` times) when the input size changes. Parameters as :class:`DenseWeight`, plus
     ``kernel_size`` (odd) and ``padding_mode`` ("zeros" or "circular").
 
     Examples
     --------
     >>> import torch
-    >>> from invstable.nn import ConvOperator
-    >>> op = ConvOperator(2, 4, rng=torch.Generator().manual_seed(0))
-    >>> op.apply(torch.ones(1, 2, 8, 8)).shape
+    >>> from invstable.nn import ConvWeight
+    >>> w = ConvWeight(2, 4, rng=torch.Generator().manual_seed(0))
+    >>> w.matvec(torch.ones(1, 2, 8, 8)).shape
     torch.Size([1, 4, 8, 8])
-    >>> float(op.estimate(torch.ones(1, 2, 8, 8)).detach()) >= op.norm_bound()
+    >>> float(w.estimate(torch.ones(1, 2, 8, 8)).detach()) >= w.norm_bound()
     True
     """
 
@@ -433,7 +505,7 @@ class ConvOperator(_Operator):
             return F.pad(x, (p, p, p, p), mode="circular"), 0
         return x, p
 
-    def apply(self, x, weight=None):
+    def matvec(self, x, weight=None):
         w = self.weight if weight is None else weight
         xp, p = self._pad(x)
         return F.conv2d(xp, w, padding=p)
@@ -465,19 +537,17 @@ class ConvOperator(_Operator):
         return (1, self.in_channels, x.shape[-2], x.shape[-1])
 
     def _ensure_input_size(self, input_size):
-        self._ensure_vector(torch.empty(1, self.in_channels, *input_size, device="meta"))
+        # refresh() iterates right after: no calibration
+        self._ensure_vector(torch.empty(1, self.in_channels, *input_size, device="meta"), calibrate=False)
 
     def norm_of(self, weight: torch.Tensor) -> float:
-        """Certified norm of the convolution with another kernel, at the current input size."""
+        """Certified norm of the convolution with another kernel, at the input size last seen (at every size
+        before the first input)."""
         size = self.input_size
         if size is None:
             return conv_norm_bound(weight)
         # at a known size the value is at most the all-size bound (both are certified; this one is tighter)
         return conv_operator_norm(weight, size, padding_mode=self.padding_mode)
-
-    def norm_bound(self) -> float:
-        """Certified norm at the input size last seen (at every size before the first input)."""
-        return self.norm_of(self.weight)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
@@ -488,30 +558,3 @@ def _check_positive_int(**values) -> None:
     for name, val in values.items():
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{name} must be a positive int, got {val!r}")
-
-
-def refresh_spectral_norms(module: nn.Module, *, iterations: int = INIT_ITERATIONS,
-                           input_size: tuple[int, int] | None = None, reseed: bool = False) -> nn.Module:
-    """Run ``iterations`` power iterations in every operator of ``module`` (before export or certification).
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-    iterations : int
-    input_size : (H, W), optional
-        For convolutions: the image size to certify; by default the size each one last saw.
-    reseed : bool, default False
-        Start every iteration from the fixed seed vector: the result depends on the weights only.
-
-    Returns
-    -------
-    module
-    """
-    for sub in module.modules():
-        if isinstance(sub, _Operator):
-            sub.refresh(iterations, input_size=input_size, reseed=reseed)
-    for sub in module.modules():
-        update = getattr(sub, "update_substeps", None)
-        if callable(update):
-            update()
-    return module

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._dense import DenseNetwork
-from ._spectral import refresh_spectral_norms
+from ._base import refresh_spectral_norms
 
 
 def _layers(network: nn.Module) -> nn.ModuleList:
@@ -103,12 +103,7 @@ def prolong(network: nn.Module) -> nn.Module:
             nxt = dict(layers[j + 1].named_parameters())
             for name, p in layer.named_parameters():
                 p.copy_(0.5 * (p + nxt[name]))
-        layer.step = layer.step / 2
-        if getattr(layer, "contraction", 1.0) != 1.0:
-            layer.contraction = layer.contraction ** 0.5
-        if hasattr(layer, "update_substeps"):
-            layer.substeps = 1
-            layer.update_substeps()
+        layer.halve_step()  # each family's hook (the gradient flow also splits its contraction factor)
         fine.append(layer)
     new.layers = nn.ModuleList(fine)
     # the copied warm starts belong to neighbouring weights: converge them for the new ones
