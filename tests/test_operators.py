@@ -339,3 +339,32 @@ def test_sparse_matrix_input_checks():
 def test_gradient_refuses_unbatched_vectors():
     with pytest.raises(ValueError, match="in_shape=\\(1, H, W\\)"):
         invstable.operators.Gradient().A(torch.randn(3, 16))
+
+
+def test_the_contract_defaults_serve_a_matrix_operator():
+    op = MatrixOperator(torch.eye(6, dtype=torch.float64)[:4], in_shape=(1, 2, 3))
+    assert op.image_shape == (1, 2, 3) and op.measurement_ndim == 2
+    assert op.measurement_shape((5, 1, 2, 3)) == (5, 4)
+    with pytest.raises(ValueError, match=r"y has shape \(2, 5\) but MatrixOperator produces measurements of shape "
+                                         r"\(B, 4\)"):
+        op.check_measurement(torch.zeros(2, 5))
+    pair = as_operator((lambda x: 2 * x, lambda y: 2 * y), in_shape=(3, 4))
+    assert pair.image_shape == (3, 4) and pair.measurement_shape((7, 3, 4)) == (7, 3, 4)
+
+
+def test_a_users_physics_is_measured_without_being_written_to():
+    import deepinv
+
+    physics = deepinv.physics.Blur(filter=torch.ones(1, 1, 3, 3) / 9, padding="circular")
+    before = dict(vars(physics))
+    first = invstable.operators.norm_bound(physics, (1, 8, 8))
+    assert invstable.operators.norm_bound(physics, (1, 8, 8)) == first
+    assert vars(physics).keys() == before.keys()
+
+
+def test_ct_keeps_its_angles_once_and_they_survive_a_cast():
+    op = ParallelBeamCT(16, [0.0, 33.3, 90.0])
+    assert "angles" not in dict(op.named_buffers())  # configuration, not a tensor to move or cast
+    op = op.double().float()
+    assert op.angles.dtype == torch.float64 and op.angles.tolist() == [0.0, 33.3, 90.0]
+    assert op.config()["params"]["angles"] == [0.0, 33.3, 90.0]

@@ -91,3 +91,39 @@ def test_gradients_flow_through_the_operator(example, rng):
     v = torch.randn(y.shape, generator=rng, dtype=torch.float64)
     (g,) = torch.autograd.grad((y * v).sum(), x)
     torch.testing.assert_close(g, op.A_adjoint(v))
+
+
+# -- the declared contract: image_shape, measurement_shape, measurement_ndim, shape checks ----------------------
+def test_the_declared_shapes_are_what_the_operator_does(example, rng):
+    _, op, in_shape = example
+    shape = op.image_shape
+    assert shape is None or (isinstance(shape, tuple) and all(type(n) is int and n > 0 for n in shape))
+    if shape is not None:  # the trailing axes of the example's images are the ones the operator fixes
+        assert tuple(in_shape[-len(shape):]) == shape
+    x = torch.randn((2, *in_shape), generator=rng)
+    y = op.A(x)
+    assert tuple(op.measurement_shape(tuple(x.shape))) == tuple(y.shape)
+    assert op.measurement_ndim is None or op.measurement_ndim == y.ndim
+    op.check_image(x)
+    op.check_measurement(y)
+
+
+def test_shape_checks_refuse_another_size_and_name_the_expected_one(example, rng):
+    _, op, in_shape = example
+    if op.image_shape is None:
+        pytest.skip("takes images of any size")
+    other = (*in_shape[:-1], in_shape[-1] + 1)
+    with pytest.raises(ValueError, match=r"x has shape .* takes images of shape"):
+        op.check_image(torch.zeros((1, *other)))
+    y = op.A(torch.randn((1, *in_shape), generator=rng))
+    bad = torch.zeros((*y.shape[:-1], y.shape[-1] + 1))
+    with pytest.raises(ValueError, match=r"y has shape .* produces"):
+        op.check_measurement(bad)
+
+
+def test_norms_are_remembered_beside_the_operator_not_in_it(example):
+    _, op, _ = example
+    before = dict(vars(op))
+    first = op.norm_bound()
+    assert op.norm_bound() == first
+    assert dict(vars(op)).keys() == before.keys()
