@@ -1,4 +1,5 @@
-"""The protocol tasks of PROTOCOLS.md (CT-30, CT-180, Blur-G2): operator, noise and fixed splits."""
+"""The protocol tasks of PROTOCOLS.md (CT-30, CT-180, Blur-G2, and CT-30 at low dose): operator, noise and fixed
+splits."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ SPLITS = ("train", "validation", "test")
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2018}
 DEFAULT_TRAIN_COUNT = 10_000
 IMAGE_SIZE = 128
+#: Low-dose CT-30: photons per detector bin of an unattenuated ray (LoDoPaB-CT's N0) and the attenuation that one
+#: unit of the normalised sinogram stands for: the transmission of a ray is exp(-2 (A x)_j), so that the densest ray
+#: of a random-ellipse phantom keeps a few to a few tens of percent of its photons (docs/data.md gives the measured
+#: range and the resulting noise level; tests/test_lowdose.py checks them).
+LOW_DOSE_PHOTONS = 4096
+LOW_DOSE_ATTENUATION = 2.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,10 @@ TASKS = {
                    "ct", "sparse-view parallel-beam CT, 30 angles, noise std 5 % of mean |A x| per sample"),
     "ct-180": _Spec({"name": "ct", "params": {"image_size": IMAGE_SIZE, "angles": 180}}, Noise(0.01, relative=True),
                     "ct", "parallel-beam CT, 180 angles, noise std 1 % of mean |A x| per sample"),
+    "ct-30-lowdose": _Spec({"name": "ct", "params": {"image_size": IMAGE_SIZE, "angles": 30}},
+                           Noise(kind="log-poisson", photons=LOW_DOSE_PHOTONS, attenuation=LOW_DOSE_ATTENUATION),
+                           "ct", f"CT-30 at low dose: log-Poisson noise, {LOW_DOSE_PHOTONS} photons per detector bin, "
+                                 f"attenuation {LOW_DOSE_ATTENUATION:g}"),
     "blur-g2": _Spec({"name": "blur", "params": {"image_size": IMAGE_SIZE, "sigma": 2.0}}, Noise(0.01),
                      "blur", "Gaussian deblurring (sigma 2 px, circular boundary), noise std 0.01"),
 }
@@ -46,7 +57,7 @@ class Task:
     Attributes
     ----------
     name : str
-        ``"ct-30"``, ``"ct-180"`` or ``"blur-g2"``.
+        ``"ct-30"``, ``"ct-30-lowdose"``, ``"ct-180"`` or ``"blur-g2"``.
     operator : invstable.operators.Operator
         Built with ``make_operator`` from the protocol parameters.
     noise : Noise
@@ -115,7 +126,7 @@ def task(name: str) -> Task:
 
     Parameters
     ----------
-    name : {"ct-30", "ct-180", "blur-g2"}
+    name : {"ct-30", "ct-30-lowdose", "ct-180", "blur-g2"}
 
     Returns
     -------
@@ -125,9 +136,11 @@ def task(name: str) -> Task:
     -----
     Splits (seeds: train 0, validation 1, test 2018):
 
-    - CT-30 / CT-180: training = random-ellipse phantoms of seed 0 (10 000 by default, any
+    - CT-30 / CT-30-lowdose / CT-180: training = random-ellipse phantoms of seed 0 (10 000 by default, any
       number or another non-reserved seed through :meth:`Task.source`); validation = 100
       phantoms of seed 1; test = 100 phantoms of seed 2018 then the Shepp-Logan phantom at 128.
+      CT-30-lowdose has the images, operator and splits of CT-30 and log-Poisson noise
+      (``Noise(kind="log-poisson", photons=4096, attenuation=2.0)``, see :class:`Noise`).
     - Blur-G2: training = crops of :data:`TRAIN_IMAGES` from the left part of each image;
       validation = 64 crops of the same images from their right-most
       ``max(128, ceil(0.2 W))`` columns (no pixel shared with training); test = 64 crops of
