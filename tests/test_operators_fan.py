@@ -119,6 +119,32 @@ def test_bad_geometry_is_refused_with_a_clear_message(params, match):
         FanBeamCT(params.pop("image_size"), params.pop("angles"), **params)
 
 
+def test_a_count_of_angles_spans_a_full_rotation_whatever_its_type():
+    for count in (6, np.int64(6), np.array(6), torch.tensor(6)):
+        assert np.allclose(FanBeamCT(16, count).angles.numpy(), np.arange(6) * 60.0)
+    assert FanBeamCT(16, [10.0, 200.0]).angles.tolist() == [10.0, 200.0]
+
+
+def test_memory_is_estimated_and_a_projector_too_large_is_refused(monkeypatch):
+    import tracemalloc  # noqa: PLC0415
+
+    from invstable.data import InsufficientMemoryError, _memory  # noqa: PLC0415
+    from invstable.operators._fan import fan_projector_matrix, fan_projector_memory  # noqa: PLC0415
+
+    theta = np.linspace(0.0, 360.0, 10, endpoint=False)
+    tracemalloc.start()
+    try:
+        fan_projector_matrix(24, theta, 40.0, 100.0, 61, 2.0).T.tocsr()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * peak <= fan_projector_memory(24, theta, 40.0, 100.0, 61, 2.0) <= 1.3 * peak
+    monkeypatch.setattr(_memory, "available_memory", lambda: 8 * 2**30)
+    with pytest.raises(InsufficientMemoryError, match=r"projector of FanBeamCT\(image_size=2048, angles=90.*"
+                                                      r"only 8 GiB is available.*fewer angles"):
+        FanBeamCT(2048, 90)
+
+
 def test_bad_shapes_are_refused():
     op = FanBeamCT(16, 5)
     with pytest.raises(ValueError, match=r"x has shape \(1, 1, 16, 15\) but FanBeamCT\(image_size=16\) takes"):

@@ -33,11 +33,10 @@ def half_diagonal(image_size: int) -> float:
 def fan_angles_in_degrees(angles) -> np.ndarray:
     """``n`` (an integer) -> ``n`` source angles uniform in [0, 360) degrees (a full rotation); a 1-D sequence of
     degrees is passed through."""
-    if isinstance(angles, (int, np.integer)) and not isinstance(angles, bool):
-        if int(angles) < 1:
-            raise ValueError(f"angles must be a positive count or a list of degrees, got {int(angles)}")
-        return np.linspace(0.0, 360.0, int(angles), endpoint=False)
-    return angles_in_degrees(angles)  # a list of degrees, or a clear error
+    theta = angles_in_degrees(angles)  # checks counts and lists alike; a count there spans [0, 180)
+    if np.ndim(angles.detach().cpu() if isinstance(angles, torch.Tensor) else angles) == 0:
+        return np.linspace(0.0, 360.0, len(theta), endpoint=False)
+    return theta
 
 
 def detector_offsets(detectors: int, detector_spacing: float) -> np.ndarray:
@@ -62,10 +61,41 @@ def _samples_per_ray(image_size: int) -> int:
     return 2 * (int(math.ceil(half_diagonal(image_size))) + 1) + 1
 
 
-def fan_projector_memory(image_size: int, n_angles: int, detectors: int) -> int:
-    """Upper estimate in bytes of the peak memory of :func:`fan_projector_matrix` (four bilinear weights per
-    sample, every sample of every ray counted)."""
-    return _BYTES_PER_SAMPLE * 4 * int(n_angles) * int(detectors) * _samples_per_ray(image_size)
+def fan_projector_samples(image_size: int, theta: np.ndarray, source_distance: float, detector_distance: float,
+                          detectors: int, detector_spacing: float) -> int:
+    """Upper bound on the bilinear samples (entries before duplicates are summed) of :func:`fan_projector_matrix`.
+
+    A sample has non-zero weights only inside the ``(n + 1) x (n + 1)`` square around the pixel centres: a ray
+    whose chord through that square has length ``L`` has at most ``floor(L) + 1`` unit-spaced samples there, each
+    with four weights.
+    """
+    half = (image_size + 1) / 2.0
+    gamma = np.arctan(detector_offsets(detectors, detector_spacing) / detector_distance)[:, None]
+    angle = np.deg2rad(np.asarray(theta, dtype=np.float64))[None, :]
+    d = (np.sin(angle), np.cos(angle))  # central ray and detector axis, (column, row)
+    e = (np.cos(angle), -np.sin(angle))
+    t_in, t_out = np.full(np.broadcast_shapes(gamma.shape, angle.shape), -np.inf), np.inf
+    for axis in range(2):
+        start = -source_distance * d[axis]
+        step = np.cos(gamma) * d[axis] + np.sin(gamma) * e[axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = (-half - start) / step, (half - start) / step
+        parallel = np.abs(step) < 1e-12  # the ray runs across this axis: inside the slab throughout, or never
+        inside = np.abs(start) <= half
+        lo = np.where(parallel, np.where(inside, -np.inf, np.inf), np.minimum(a, b))
+        hi = np.where(parallel, np.where(inside, np.inf, -np.inf), np.maximum(a, b))
+        t_in, t_out = np.maximum(t_in, lo), np.minimum(t_out, hi)
+    chords = np.clip(t_out - t_in, 0.0, None)
+    samples = np.where(t_out > t_in, np.floor(chords) + 1, 0.0)
+    return 4 * int(samples.sum())
+
+
+def fan_projector_memory(image_size: int, theta: np.ndarray, source_distance: float, detector_distance: float,
+                         detectors: int, detector_spacing: float) -> int:
+    """Estimated peak memory in bytes of building :func:`fan_projector_matrix` and its transpose, from the bound
+    of :func:`fan_projector_samples`; it grows as ``image_size^2 x angles``."""
+    return _BYTES_PER_SAMPLE * fan_projector_samples(image_size, theta, source_distance, detector_distance,
+                                                     detectors, detector_spacing)
 
 
 def fan_projector_matrix(image_size: int, theta: np.ndarray, source_distance: float, detector_distance: float,
@@ -113,11 +143,11 @@ def _geometry(image_size: int, theta_key: tuple[float, ...], source_distance: fl
     """Projector (CSR, float64), its transpose, and its largest singular value, cached per geometry."""
     from ..data._memory import check_memory  # noqa: PLC0415 (invstable.data imports the operators)
 
-    check_memory(fan_projector_memory(image_size, len(theta_key), detectors),
+    check_memory(fan_projector_memory(image_size, theta_key, source_distance, detector_distance, detectors,
+                                      detector_spacing),
                  f"the sparse projector of FanBeamCT(image_size={image_size}, angles={len(theta_key)}, "
                  f"detectors={detectors})",
-                 hint="the memory grows as image_size x detectors x angles: use a smaller image_size, fewer "
-                      "angles or fewer detectors")
+                 hint="the memory grows as image_size^2 x angles: use a smaller image_size or fewer angles")
     proj = fan_projector_matrix(image_size, np.asarray(theta_key), source_distance, detector_distance, detectors,
                                 detector_spacing)
     proj_t = proj.T.tocsr()
