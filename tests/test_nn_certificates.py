@@ -110,3 +110,69 @@ def test_training_mode_forward_is_certified_as_eval_map():
     x = torch.randn(3, 2, 5, 5, generator=g, dtype=torch.float64)
     y_train = net(x)
     torch.testing.assert_close(net.eval()(x), y_train)
+
+
+@pytest.mark.parametrize("features", ["image", "vector"])
+@pytest.mark.parametrize("options, target", [({}, 1.0), ({"contraction": 0.8}, 0.8 ** 3),
+                                             ({"strong_convexity": 0.2, "step_control": "split"}, 1.0)])
+def test_fresh_gradient_flow_network_certifies_its_condition_from_construction(features, options, target):
+    """Before any input (a convolution's estimate starts there) the certificate is already that of the family;
+    after the first input it still holds and the map obeys it."""
+    g = torch.Generator().manual_seed(6)
+    net = inn.stable_network("gradient_flow", channels=4, depth=3, step=3.0, rng=g, dtype=torch.float64,
+                             features=features, **options).eval()
+    before = net.lipschitz_bound()
+    assert before <= target * SLACK
+    shape = (4, 6, 6) if features == "image" else (4,)
+    assert random_ratio(net, shape, generator=g) <= before * SLACK
+    assert net.lipschitz_bound() <= target * SLACK
+
+
+def test_first_warm_start_is_calibrated_where_power_iteration_falls_short():
+    """A weight whose top singular direction the start vector cannot see: power iteration alone under-estimates
+    the norm, calibration lengthens the vector so that the estimate covers the certified norm."""
+    from invstable.nn._spectral import _hash_vector
+
+    c = 6
+    v0 = _hash_vector((1, c, 1, 1), dtype=torch.float64, device="cpu").reshape(c)
+    q, _ = torch.linalg.qr(torch.cat([v0[:, None], torch.randn(c, c - 1, dtype=torch.float64,
+                                                               generator=torch.Generator().manual_seed(0))], 1))
+    q = torch.cat([q[:, 1:], q[:, :1]], 1)  # e_1 .. e_5 orthogonal to the start vector
+    hard = q @ torch.diag(torch.tensor([2.0] + [1.8] * (c - 1), dtype=torch.float64)) @ q.T
+    layer = inn.GradientFlowLayer(c, step=10.0, dtype=torch.float64).eval()
+    with torch.no_grad():
+        layer.weight_map.weight.zero_()
+        layer.weight_map.weight[:, :, 1, 1] = hard
+    assert layer.lipschitz_bound() <= SLACK
+    x = torch.randn(4, c, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    layer(x)  # the first input: the warm start is created and calibrated at 1 x 1
+    assert float(layer.weight_map._v.norm()) > 1.01  # 100 iterations reach 1.8, not 2: the vector was lengthened
+    estimate = float(layer.weight_map.estimate(iterate=False).detach())
+    assert estimate >= layer.weight_map.norm_bound() * (1 - 1e-12)
+    assert layer.lipschitz_bound() <= SLACK
+    assert random_ratio(layer, (c, 1, 1), generator=torch.Generator().manual_seed(2)) <= SLACK
+
+
+@pytest.mark.parametrize("family, options", [("gradient_flow", {}), ("hamiltonian", {"scheme": "symplectic_euler"}),
+                                             ("antisymmetric", {}), ("resnet", {"hidden": 3})])
+def test_state_dicts_with_the_old_operator_names_load_with_identical_outputs(family, options):
+    g = torch.Generator().manual_seed(7)
+    net = inn.stable_network(family, channels=2, depth=2, rng=g, dtype=torch.float64, **options).eval()
+    x = torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64)
+    y = net(x)
+    old = {k.replace(".weight_map.", ".operator.").replace(".weight_map_z.", ".operator_z.")
+           .replace(".weight_map_y.", ".operator_y."): v for k, v in net.state_dict().items()}
+    assert any(".operator" in k for k in old)
+    fresh = inn.stable_network(family, channels=2, depth=2, dtype=torch.float64, **options).eval()
+    assert inn.rename_legacy_keys(fresh, old).keys() == net.state_dict().keys()
+    fresh.load_state_dict(old, strict=True)
+    torch.testing.assert_close(fresh(x), y, rtol=0, atol=0)
+
+
+def test_unknown_layer_options_are_named():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['colour'\].*valid options"):
+        inn.GradientFlowLayer(2, colour="red")
+    with pytest.raises(TypeError, match="margin"):
+        inn.ResNetLayer(2, margin=0.1)  # nothing is estimated: the option would be ignored
+    with pytest.raises(ValueError, match="features='matrix'"):
+        inn.AntisymmetricLayer(2, features="matrix")
