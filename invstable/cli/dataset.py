@@ -16,7 +16,7 @@ import numpy as np
 
 from ..operators import config_summary
 from ..data._hdf5 import DatasetFileError, check_dataset, dataset_info, make_dataset
-from ..data._paired import Noise, PairedDataset
+from ..data._paired import NOISE_KINDS, Noise, PairedDataset
 from ..data._params import check_parameters
 from ..data._sources import SOURCES, make_source
 from ..data._tasks import SPLITS, TASKS, task
@@ -112,11 +112,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     make.add_argument("--overwrite", action="store_true", help="replace an existing file")
     make.add_argument("--no-resume", action="store_true", help="start over even if an interrupted make left a partial file")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
+    make.add_argument("--images", metavar="DIR",
+                      help="your images: a folder of PNG/TIFF/JPEG/.npy files, DICOM slices or NIfTI volumes (HU "
+                           "window and slice axis as --source-param window=... axis=...). With a protocol task they "
+                           "replace its images (resized to its image size) under its operator and noise; with "
+                           "--task custom the same as --source folder --source-param root=DIR")
     custom = make.add_argument_group("custom task")
     custom.add_argument("--operator", help="registered operator name (invstable.operators.available_operators())")
     custom.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                         help="operator parameter, VALUE read as JSON (repeatable), e.g. --param image_size=64")
     custom.add_argument("--noise-level", type=float, help="noise standard deviation (or ratio with --relative-noise)")
+    custom.add_argument("--noise-kind", choices=NOISE_KINDS,
+                        help="gaussian (default; give --noise-level), poisson (give --photons) or log-poisson, "
+                             "low-dose CT (give --photons and --attenuation)")
+    custom.add_argument("--photons", type=float, help="photons per detector bin of an unattenuated ray (log-poisson) "
+                                                      "or per unit of A x (poisson): the dose")
+    custom.add_argument("--attenuation", type=float, help="log-poisson: the attenuation one unit of A x stands for "
+                                                          "(a ray's transmission is exp(-attenuation * (A x)_j))")
     custom.add_argument("--relative-noise", action="store_true", help="std = level * mean |A x| of each sample")
     custom.add_argument("--noise-seed", type=int, help="seed of the noise (default 0)")
     custom.add_argument("--source", choices=sorted(SOURCES), help="image source")
@@ -143,13 +155,23 @@ def _error(command: str, message: str) -> int:
 
 
 def _pairs_from_args(args) -> tuple[PairedDataset, int | None, str | None]:
-    custom = (("--operator", args.operator), ("--noise-level", args.noise_level), ("--source", args.source),
-              ("--param", args.param or None), ("--source-param", args.source_param or None),
-              ("--relative-noise", args.relative_noise or None), ("--noise-seed", args.noise_seed))
+    if args.images is not None:
+        if args.source not in (None, "folder"):
+            raise ValueError(f"--images DIR is the folder source; drop --source {args.source} or --images")
+        if any(key == "root" for key, _ in args.source_param):
+            raise ValueError("--images DIR is the folder's root; drop --source-param root=...")
+        args.source = "folder"
+        args.source_param = [*args.source_param, ("root", args.images)]
+    photon = args.noise_kind in ("poisson", "log-poisson")
+    custom = (("--operator", args.operator), ("--noise-level", None if photon else args.noise_level),
+              ("--source", args.source), ("--param", args.param or None),
+              ("--source-param", args.source_param or None), ("--relative-noise", args.relative_noise or None),
+              ("--noise-seed", args.noise_seed), ("--noise-kind", args.noise_kind), ("--photons", args.photons),
+              ("--attenuation", args.attenuation), ("--noise-level", args.noise_level if photon else None))
     if args.task == CUSTOM:
-        missing = [flag for flag, value in custom[:3] if value is None]
+        missing = [flag for flag, value in custom[:3] if value is None and not (photon and flag == "--noise-level")]
         if missing:
-            raise ValueError(f"--task custom needs {', '.join(missing)}")
+            raise ValueError(f"--task custom needs {', '.join(missing)} (--source: or --images DIR)")
         if args.seed is not None:
             raise ValueError("--seed is for protocol tasks; give a custom source its seed with --source-param seed=S")
         params = dict(args.source_param)
@@ -158,16 +180,26 @@ def _pairs_from_args(args) -> tuple[PairedDataset, int | None, str | None]:
         with given_values("--source-param", params):
             source = make_source({"name": args.source, "params": params}, flag="--source-param")
         operator = build_operator(args.operator, dict(args.param))
-        noise = Noise(args.noise_level, relative=args.relative_noise)
+        noise = Noise(args.noise_level or 0.0, relative=args.relative_noise, kind=args.noise_kind or "gaussian",
+                      photons=args.photons, attenuation=args.attenuation)
         seed = 0 if args.noise_seed is None else args.noise_seed
         return PairedDataset(source, operator, noise, seed=seed), args.count, args.split
     if args.split is None:
         raise ValueError(f"--task {args.task} needs --split ({', '.join(SPLITS)})")
-    stray = [flag for flag, value in custom if value is not None]
+    stray = [flag for flag, value in custom if value is not None
+             and not (args.images is not None and flag in ("--source", "--source-param"))]
     if stray:
         raise ValueError(f"{', '.join(stray)} only applies to --task custom; protocol tasks fix the operator, "
                          "the noise and the source")
     t = task(args.task)
+    if args.images is not None:  # the user's images under the task's operator and noise; the split's noise seed
+        if args.seed is not None:
+            raise ValueError("--seed picks the task's own training images; with --images the noise seed is the "
+                             "split's, so drop --seed")
+        params = {"size": TASKS[args.task].operator["params"]["image_size"], **dict(args.source_param)}
+        with given_values("--source-param", params):
+            source = make_source({"name": "folder", "params": params}, flag="--source-param")
+        return PairedDataset(source, t.operator, t.noise, seed=t.seeds[args.split]), args.count, args.split
     if args.split == "train":
         pairs = t.pairs("train", count=args.count, seed=args.seed)
         return pairs, None, "train"
@@ -214,7 +246,6 @@ def _info(args) -> int:
         return 0
     op = info["operator"]
     noise = info["noise"]
-    level = f"{noise['level']:g}" + (" x mean|A x| per sample" if noise["relative"] else "")
     lines = [
         ("file", f"{args.file} ({info['file_bytes']} bytes)"),
         ("task / split", f"{info['task']} / {info['split']}"),
@@ -222,7 +253,7 @@ def _info(args) -> int:
         ("x shape", tuple(info["x_shape"])),
         ("y shape", tuple(info["y_shape"])),
         ("operator", config_summary(op)),
-        ("noise", f"{noise['kind']}, std {level}, seed {info['noise_seed']}"
+        ("noise", f"{Noise(**noise).describe()}, seed {info['noise_seed']}"
                   + ("" if info["fixed_noise"] else ", resampled per epoch")),
         ("source", json.dumps(info["source"])),
         ("made by", f"invstable {info['invstable_version']}"),

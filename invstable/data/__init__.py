@@ -1,4 +1,4 @@
-"""Data: phantoms, natural-image crops, users' images, paired datasets and HDF5 storage."""
+"""Data: phantoms, natural-image crops, users' images (PNG, TIFF, .npy, DICOM, NIfTI), paired datasets and HDF5 storage."""
 
 from ._folder import HDF5Images as HDF5Images
 from ._folder import ImageFolder as ImageFolder
@@ -14,6 +14,9 @@ from ._images import TEST_IMAGES as TEST_IMAGES
 from ._images import TRAIN_IMAGES as TRAIN_IMAGES
 from ._images import ImageCrops as ImageCrops
 from ._images import bundled_image as bundled_image
+from ._medical import CT_WINDOW as CT_WINDOW
+from ._medical import MU_WATER as MU_WATER
+from ._medical import hu_to_attenuation as hu_to_attenuation
 from ._memory import InsufficientMemoryError as InsufficientMemoryError
 from ._paired import Noise as Noise
 from ._paired import PairedDataset as PairedDataset

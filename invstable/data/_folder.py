@@ -1,4 +1,5 @@
-"""Users' own images: a folder of PNG / TIFF / JPEG / .npy files, or an array in an HDF5 file."""
+"""Users' own images: a folder of PNG / TIFF / JPEG / .npy files, DICOM slices or NIfTI volumes, or an array
+in an HDF5 file."""
 
 from __future__ import annotations
 
@@ -166,10 +167,20 @@ def read_array_file(path) -> np.ndarray:
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """The images of a folder, as float tensors in [0, 1] (a source).
+    """The images of a folder, as float tensors in [0, 1] (a source): PNG / TIFF / JPEG / .npy files, DICOM
+    slices and NIfTI volumes.
 
-    Files ending in .png, .tif, .tiff, .jpg, .jpeg (read with imageio) or .npy (read with
-    ``numpy.load(allow_pickle=False)``) are taken, in sorted order; other files are ignored.
+    Files are taken in sorted order; other files are ignored.
+
+    - .png, .tif, .tiff, .jpg, .jpeg (imageio, tifffile) and .npy (``numpy.load(allow_pickle=False)``): one image
+      per file, scaled by :func:`to_unit_float`.
+    - DICOM (.dcm, .dicom, .ima, or no suffix and the DICM marker; pydicom): one image per slice (per frame of a
+      multi-frame file). RescaleSlope and RescaleIntercept give Hounsfield units (HU) for CT, which the window
+      maps to [0, 1]. The slices of a series are ordered along the slice normal (ImagePositionPatient and
+      ImageOrientationPatient), else by InstanceNumber, else by file name; a series takes the place of its first
+      file in the sorted order.
+    - NIfTI (.nii, .nii.gz; nibabel): one image per slice along ``axis``, the values (with the header's
+      scl_slope / scl_inter; HU for CT) through the window.
 
     Parameters
     ----------
@@ -178,64 +189,152 @@ class ImageFolder(torch.utils.data.Dataset):
     channels : {"gray", "keep"}
         Convert to grayscale (C = 1) or keep the channel axis (see :func:`to_unit_float`).
     rescale : bool
-        Rescale float arrays from [min, max] to [0, 1] instead of rejecting them.
+        Rescale float arrays of image / .npy files from [min, max] to [0, 1] instead of rejecting them.
     recursive : bool
         Also take files in sub-folders.
+    size : int or None
+        Give every image ``size`` x ``size`` pixels: the central square of a non-square image, resized with
+        anti-aliasing (``skimage.transform.resize``, linear), clipped to [0, 1]. ``None`` keeps the images as read
+        (a paired dataset then needs images of one size).
+    window : "ct", (low, high) or None
+        How DICOM and NIfTI values become [0, 1] (image files are not affected). ``"ct"`` (default): the values
+        are HU, converted to attenuation (:func:`hu_to_attenuation`) and divided by that of 3071 HU, air being 0
+        (:data:`CT_WINDOW`, -1000 to 3071 HU, clipped); the image is then proportional to the attenuation, which a
+        CT operator integrates. A DICOM file whose Modality is not CT is refused with this window. ``(low, high)``:
+        values in the file's units (HU for CT) clipped to [low, high] and mapped linearly to [0, 1] (a narrower HU
+        window shows soft tissue better, but with ``low`` above -1000 HU air is no longer 0). ``None``: each slice's
+        min..max to [0, 1] (MR images and other arbitrary units).
+    axis : int
+        Axis of a NIfTI volume along which slices are taken (default -1, the last: axial slices of a volume stored
+        as x, y, z). Each slice keeps the other two axes in the file's order.
 
     Raises
     ------
     FileNotFoundError
         If ``root`` is not a folder.
     ValueError
-        If the folder holds no image file.
+        If the folder holds no image file, or an argument is invalid.
+    ImageReadError
+        If a DICOM or NIfTI header cannot be read (their headers are read here, to count and order the slices);
+        the message names every such file.
 
     Notes
     -----
     Reading an item that cannot be read raises :class:`ImageReadError` naming the file;
-    :meth:`check` reads every file and reports every bad one at once.
+    :meth:`check` reads every item and reports every bad file at once. pydicom and nibabel read data only, and
+    no file is ever forced open as DICOM.
     """
 
-    def __init__(self, root, *, channels: str = "gray", rescale: bool = False, recursive: bool = False):
+    def __init__(self, root, *, channels: str = "gray", rescale: bool = False, recursive: bool = False,
+                 size: int | None = None, window="ct", axis: int = -1):
+        from . import _medical
+
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: not a folder; pass a folder of PNG/TIFF/JPEG/.npy images")
+            raise FileNotFoundError(f"{self.root}: not a folder; pass a folder of PNG/TIFF/JPEG/.npy images, DICOM "
+                                    "slices or NIfTI volumes")
         if channels not in CHANNEL_MODES:
             raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"size must be a positive int (pixels per side) or None, got {size!r}")
+        if isinstance(axis, bool) or not isinstance(axis, int) or not -3 <= axis <= 2:
+            raise ValueError(f"axis must be an axis of a 3-D volume, -3 to 2, got {axis!r}")
         self.channels, self.rescale, self.recursive = channels, bool(rescale), bool(recursive)
+        self.size, self.window, self.axis = size, _medical.check_window(window), axis
         pattern = "**/*" if recursive else "*"
         suffixes = IMAGE_SUFFIXES + ARRAY_SUFFIXES
-        self.files = tuple(sorted(
-            p for p in self.root.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes
-        ))
+        files = sorted(p for p in self.root.glob(pattern) if p.is_file())
+        kinds = {}
+        for p in files:
+            if p.suffix.lower() in suffixes:
+                kinds[p] = "image"
+            elif _medical.is_nifti(p):
+                kinds[p] = "nifti"
+            elif _medical.looks_like_dicom(p):
+                kinds[p] = "dicom"
+        self.files = tuple(p for p in files if p in kinds)
         if not self.files:
-            raise ValueError(f"{self.root}: no image files (looked for {', '.join(suffixes)})")
+            raise ValueError(f"{self.root}: no image files (looked for {', '.join(suffixes)}, DICOM "
+                             f"({', '.join(_medical.DICOM_SUFFIXES)} or files marked DICM) and NIfTI "
+                             f"({', '.join(_medical.NIFTI_SUFFIXES)}))")
+        problems, headers, slices = [], {}, {}
+        for p in self.files:
+            try:
+                if kinds[p] == "dicom":
+                    headers[p] = _medical.dicom_header(p, self.window)
+                elif kinds[p] == "nifti":
+                    slices[p] = _medical.nifti_slices(p, axis)
+            except ImageReadError as error:
+                problems.append(error)
+        if problems:
+            listed = "; ".join(str(e) for e in problems[:10]) + ("; ..." if len(problems) > 10 else "")
+            raise ImageReadError(self.root, f"{len(problems)} of {len(self.files)} files are unusable: {listed}")
+        series_of = {p: files for files in _medical.order_dicom(headers) for p in files}
+        items = []
+        for p in self.files:
+            if kinds[p] == "image":
+                items.append((p, "image", 0))
+            elif kinds[p] == "nifti":
+                items += [(p, "nifti", k) for k in range(slices[p])]
+            elif p == min(series_of[p]):  # a series takes the place of its first file name
+                items += [(q, "dicom", f) for q in series_of[p] for f in range(headers[q]["frames"])]
+        self.items = tuple(items)
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.files[_check_index(index, len(self.files), type(self).__name__)]
-        return to_unit_float(read_array_file(path), channels=self.channels, rescale=self.rescale, what=str(path))
+        from . import _medical
+
+        path, kind, k = self.items[_check_index(index, len(self.items), type(self).__name__)]
+        if kind == "image":
+            x = to_unit_float(read_array_file(path), channels=self.channels, rescale=self.rescale, what=str(path))
+        else:
+            values = (_medical.read_dicom(path, k, self.window) if kind == "dicom"
+                      else _medical.read_nifti(path, k, self.axis, self.window))
+            x = torch.from_numpy(values.astype(np.float32))[None]
+        return x if self.size is None else _fit(x, self.size)
 
     def check(self) -> None:
-        """Read every file; raise one :class:`ImageReadError` listing every bad file by name."""
-        problems = []
-        for i, path in enumerate(self.files):
+        """Read every item; raise one :class:`ImageReadError` listing every bad file by name."""
+        problems, bad = [], set()
+        for i, (path, _, _) in enumerate(self.items):
+            if path in bad:
+                continue
             try:
                 self[i]
             except ImageReadError as error:
                 problems.append(error)
+                bad.add(path)
         if problems:
             lines = "; ".join(str(e) for e in problems)
             raise ImageReadError(self.root, f"{len(problems)} of {len(self.files)} files are unusable: {lines}")
 
     def config(self) -> dict:
         """JSON description from which :func:`make_source` rebuilds this source."""
+        window = list(self.window) if isinstance(self.window, tuple) else self.window
         return {"name": "folder", "params": {"root": os.fspath(self.root.resolve()), "channels": self.channels,
-                                             "rescale": self.rescale, "recursive": self.recursive}}
+                                             "rescale": self.rescale, "recursive": self.recursive,
+                                             "size": self.size, "window": window, "axis": self.axis}}
 
     def __repr__(self) -> str:
-        return f"ImageFolder({os.fspath(self.root)!r}, {len(self)} files, channels={self.channels!r})"
+        return (f"ImageFolder({os.fspath(self.root)!r}, {len(self)} images from {len(self.files)} files, "
+                f"channels={self.channels!r})")
+
+
+def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central square of ``x`` (C, H, W), resized to ``size`` x ``size`` with anti-aliasing, in [0, 1]."""
+    _, h, w = x.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = x[:, top:top + side, left:left + side]
+    if side == size:
+        return square.contiguous()
+    import skimage.transform
+
+    a = skimage.transform.resize(square.numpy().transpose(1, 2, 0).astype(np.float64), (size, size), order=1,
+                                 anti_aliasing=side > size, mode="reflect")
+    return torch.from_numpy(np.ascontiguousarray(np.clip(a, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32))
 
 
 class HDF5Images(torch.utils.data.Dataset):
