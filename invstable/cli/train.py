@@ -3,11 +3,16 @@
 Every argument is checked when the command line is parsed (numbers in their range, outputs that can be written,
 inputs that exist), and the outputs, the layer options and the data before anything is trained, so that a mistake
 is reported in one line naming the flag instead of a traceback minutes later.
+
+The flags of the training group are the fields of :class:`~invstable.training.TrainConfig` and those of the model
+group the keywords of :class:`~invstable.models.UnrolledInverse`, with the same names (``--batch-size`` for
+``batch_size``) and their defaults read from the library, never copied (:func:`train_config`, :func:`model_kwargs`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import math
@@ -16,11 +21,22 @@ from pathlib import Path
 
 from .dataset import _key_value
 from ..data._tasks import TASKS
-from ..models._unrolled import FAMILIES, INITS
+from ..models._unrolled import FAMILIES, INITS, UnrolledInverse
+from ..training._loop import TrainConfig
 
 #: layer options the command sets itself (from --seed and --device): not for --option
 _MANAGED_OPTIONS = ("rng", "dtype", "device")
-_DEFAULT_INIT_ALPHA, _DEFAULT_INIT_DEGREE = 0.02, 30
+#: the defaults of the training flags: TrainConfig's
+TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+#: the defaults of the model flags: UnrolledInverse's keywords
+MODEL_DEFAULTS = {name: param.default for name, param in inspect.signature(UnrolledInverse).parameters.items()
+                  if param.default is not inspect.Parameter.empty}
+#: the UnrolledInverse keywords set from the command line (each by the flag of its name; the seed is --seed)
+MODEL_FLAGS = ("family", "iterations", "channels", "depth", "step", "max_step", "init", "init_alpha", "init_degree",
+               "seed")
+#: the TrainConfig fields whose flag is not the field's name: field -> its value from the parsed flags
+CONFIG_FROM_FLAGS = {"grad_clip": lambda args: args.grad_clip if args.grad_clip > 0 else None,
+                     "progress": lambda args: not args.no_progress}
 
 
 # ---------------------------------------------------------------------------------------------- argument types
@@ -119,34 +135,43 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start over even if --out or the checkpoint exists (replacing them)")
     m = p.add_argument_group("model")
-    m.add_argument("--family", default="gradient_flow", choices=sorted(FAMILIES),
+    from_model = MODEL_DEFAULTS
+    m.add_argument("--family", default=from_model["family"], choices=sorted(FAMILIES),
                    help="family of the regularising blocks (default: %(default)s)")
-    m.add_argument("--iterations", type=POSITIVE, default=6, help="unrolled iterations K (default: %(default)s)")
-    m.add_argument("--channels", type=POSITIVE, default=8, help="width of the state (default: %(default)s)")
-    m.add_argument("--depth", type=POSITIVE, default=2, help="layers per block at the first level (default: %(default)s)")
-    m.add_argument("--step", type=number(0, low_open=True), default=1.0, help="layer step h (default: %(default)s)")
-    m.add_argument("--max-step", type=number(0, 1, low_open=True), default=0.5,
+    m.add_argument("--iterations", type=POSITIVE, default=from_model["iterations"],
+                   help="unrolled iterations K (default: %(default)s)")
+    m.add_argument("--channels", type=POSITIVE, default=from_model["channels"],
+                   help="width of the state (default: %(default)s)")
+    m.add_argument("--depth", type=POSITIVE, default=from_model["depth"],
+                   help="layers per block at the first level (default: %(default)s)")
+    m.add_argument("--step", type=number(0, low_open=True), default=from_model["step"],
+                   help="layer step h (default: %(default)s)")
+    m.add_argument("--max-step", type=number(0, 1, low_open=True), default=from_model["max_step"],
                    help="data-consistency step as a fraction of 2/||A||^2 at most (default: %(default)s)")
-    m.add_argument("--init", default="tikhonov", choices=INITS, help="first guess (default: %(default)s)")
-    m.add_argument("--init-alpha", type=number(0, low_open=True), default=None,
-                   help=f"alpha of the first guess (default: {_DEFAULT_INIT_ALPHA}; not with --init zero)")
+    m.add_argument("--init", default=from_model["init"], choices=INITS, help="first guess (default: %(default)s)")
+    m.add_argument("--init-alpha", type=number(0, low_open=True), default=None,  # None: told apart from a given one
+                   help=f"alpha of the first guess (default: {from_model['init_alpha']}; not with --init zero)")
     m.add_argument("--init-degree", type=integer(1, 200), default=None,
-                   help=f"polynomial degree of the first guess (default: {_DEFAULT_INIT_DEGREE}; not with --init zero)")
+                   help=f"polynomial degree of the first guess (default: {from_model['init_degree']}; not with "
+                        "--init zero)")
     m.add_argument("--option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="layer option of the family, VALUE read as JSON (repeatable), e.g. --option hidden=16; an "
                         "unknown KEY is refused with the list of the family's options")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=POSITIVE, default=2000, help="optimisation steps (default: %(default)s)")
-    t.add_argument("--batch-size", type=POSITIVE, default=8, help="global batch (default: %(default)s)")
-    t.add_argument("--lr", type=number(0, low_open=True), default=1e-3,
+    from_config = TRAIN_DEFAULTS
+    t.add_argument("--steps", type=POSITIVE, default=from_config["steps"],
+                   help="optimisation steps (default: %(default)s)")
+    t.add_argument("--batch-size", type=POSITIVE, default=from_config["batch_size"],
+                   help="global batch (default: %(default)s)")
+    t.add_argument("--lr", type=number(0, low_open=True), default=from_config["lr"],
                    help="peak learning rate, cosine decay (default: %(default)s)")
-    t.add_argument("--final-lr-ratio", type=number(0, 1, low_open=True), default=0.05,
+    t.add_argument("--final-lr-ratio", type=number(0, 1, low_open=True), default=from_config["final_lr_ratio"],
                    help="final / peak learning rate (default: %(default)s)")
-    t.add_argument("--smoothness", type=number(0), default=0.0,
+    t.add_argument("--smoothness", type=number(0), default=from_config["smoothness"],
                    help="weight of the time-smoothness term (default: %(default)s)")
-    t.add_argument("--levels", type=POSITIVE, default=1,
+    t.add_argument("--levels", type=POSITIVE, default=from_config["levels"],
                    help="multi-level training: the depth doubles between levels (default: %(default)s)")
-    t.add_argument("--grad-clip", type=number(0), default=1.0,
+    t.add_argument("--grad-clip", type=number(0), default=from_config["grad_clip"] or 0.0,
                    help="gradient-norm clip, 0 for none (default: %(default)s)")
     t.add_argument("--train-count", type=POSITIVE, default=None,
                    help="training pairs made on the fly (default: the task's 10 000; not with --data)")
@@ -157,18 +182,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="validation pairs from an HDF5 file (not of the test split) instead of on the fly")
     t.add_argument("--validation-count", type=POSITIVE, default=32,
                    help="validation pairs scored (first ones of the split; default: %(default)s)")
-    t.add_argument("--validate-every", type=POSITIVE, default=100, help="in steps (default: %(default)s)")
+    t.add_argument("--validate-every", type=POSITIVE, default=from_config["validate_every"],
+                   help="in steps (default: %(default)s)")
     t.add_argument("--checkpoint", type=output_file,
                    help="checkpoint file (default: OUT.ckpt; its missing folders are created)")
-    t.add_argument("--checkpoint-every", type=POSITIVE, default=100, help="in steps (default: %(default)s)")
+    t.add_argument("--checkpoint-every", type=POSITIVE, default=from_config["checkpoint_every"],
+                   help="in steps (default: %(default)s)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint (with the same settings, task and data)")
-    t.add_argument("--seed", type=integer(0), default=0,
+    t.add_argument("--seed", type=integer(0), default=from_config["seed"],
                    help="seed of the weights and of the batches (default: %(default)s)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    t.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (GPU)")
+    t.add_argument("--device", default=from_config["device"], help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    t.add_argument("--amp", action="store_true", default=from_config["amp"], help="bfloat16 mixed precision (GPU)")
     t.add_argument("--threads", type=POSITIVE, help="CPU threads of torch (default: torch's)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true", default=not from_config["progress"], help="no progress bar")
     p.set_defaults(func=run)
     return p
 
@@ -178,7 +205,7 @@ def run(args) -> int:
 
     from ..data import HDF5PairedDataset, task
     from ..training._distributed import distributed
-    from ..training._loop import TrainConfig, evaluate, resolve_device, train
+    from ..training._loop import evaluate, resolve_device, train
 
     _check_flags(args)
     options = layer_options(args.family, args.option)
@@ -187,11 +214,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = task(args.task)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, final_lr_ratio=args.final_lr_ratio,
-                      smoothness=args.smoothness, levels=args.levels,
-                      grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-                      validate_every=args.validate_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                      device=args.device, amp=args.amp, progress=not args.no_progress)
+    cfg = train_config(args)
     model = _build_model(spec.operator, args, options)
     train_data = (HDF5PairedDataset(args.data, operator=spec.operator) if args.data
                   else spec.pairs("train", count=args.train_count))
@@ -227,8 +250,22 @@ def _check_flags(args) -> None:
         if given:
             raise ValueError(f"{' and '.join(given)} set the Tikhonov-like first guess, which --init zero does not "
                              "use; drop them or choose another --init")
-    args.init_alpha = _DEFAULT_INIT_ALPHA if args.init_alpha is None else args.init_alpha
-    args.init_degree = _DEFAULT_INIT_DEGREE if args.init_degree is None else args.init_degree
+    for name in ("init_alpha", "init_degree"):  # recorded in the model file's command line
+        if getattr(args, name) is None:
+            setattr(args, name, MODEL_DEFAULTS[name])
+
+
+def train_config(args) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``invstable train`` flags: every field from the flag of its name
+    (``CONFIG_FROM_FLAGS`` for the others)."""
+    return TrainConfig(**{field.name: CONFIG_FROM_FLAGS[field.name](args) if field.name in CONFIG_FROM_FLAGS
+                          else getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
+def model_kwargs(args) -> dict:
+    """The :class:`UnrolledInverse` keywords of parsed ``invstable train`` flags (``MODEL_FLAGS``); a first-guess
+    flag not given takes UnrolledInverse's default."""
+    return {name: MODEL_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name) for name in MODEL_FLAGS}
 
 
 def _check_outputs(args) -> str:
@@ -305,11 +342,7 @@ def _has_type(value, annotation: str) -> bool:
 
 def _build_model(operator, args, options: dict):
     """The model of the command line; a value an option refuses is reported with the option's name."""
-    from ..models import UnrolledInverse
-
-    kwargs = dict(family=args.family, iterations=args.iterations, channels=args.channels, depth=args.depth,
-                  step=args.step, max_step=args.max_step, init=args.init, init_alpha=args.init_alpha,
-                  init_degree=args.init_degree, seed=args.seed)
+    kwargs = model_kwargs(args)
     try:
         return UnrolledInverse(operator, **kwargs, **options)
     except (ValueError, TypeError) as err:
@@ -325,8 +358,6 @@ def _build_model(operator, args, options: dict):
 
 
 def _builds(operator, kwargs, options) -> bool:
-    from ..models import UnrolledInverse
-
     small = {**kwargs, "iterations": 1, "depth": 1}
     try:
         UnrolledInverse(operator, **small, **options)
