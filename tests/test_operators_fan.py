@@ -164,6 +164,16 @@ def test_registry_config_and_repr():
     assert repr(FanBeamCT(16, 6, source_distance=31.0)) != repr(op)
 
 
+def test_the_geometry_is_configuration_not_state():
+    op = FanBeamCT(16, 6)
+    state = op.state_dict()
+    assert op.image_shape == (16, 16) and op.measurement_shape((2, 1, 16, 16)) == (2, 1, op.detectors, 6)
+    FanBeamCT(16, 6).load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"the state holds other angles \(6 of them\) than this FanBeamCT \(7\)"):
+        FanBeamCT(16, 7, detectors=op.detectors).load_state_dict(state)
+    assert op.float().angles.dtype == torch.float64 and op.angles.tolist() == [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]
+
+
 def test_cli_makes_a_fan_beam_dataset(tmp_path):
     from invstable.cli import main  # noqa: PLC0415
     from invstable.data import dataset_info  # noqa: PLC0415

@@ -8,12 +8,11 @@ import numbers
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 
 from ._base import Operator, check_tensor
-from ._ct import _to_torch_csr
-from ._sparse import SparseProduct
+from ._norms import matrix_norm
+from ._sparse import SparseProduct, to_torch_csr
 from .functional._radon import _bilinear, angles_in_degrees
 
 # Lanczos (ARPACK) converges to the largest singular value from below to about its tolerance; the margin
@@ -150,10 +149,7 @@ def _geometry(image_size: int, theta_key: tuple[float, ...], source_distance: fl
                  hint="the memory grows as image_size^2 x angles: use a smaller image_size or fewer angles")
     proj = fan_projector_matrix(image_size, np.asarray(theta_key), source_distance, detector_distance, detectors,
                                 detector_spacing)
-    proj_t = proj.T.tocsr()
-    v0 = np.random.default_rng(0).standard_normal(min(proj.shape))
-    sigma = spla.svds(proj, k=1, tol=1e-12, return_singular_vectors=False, v0=v0)[0]
-    return proj, proj_t, float(sigma)
+    return proj, proj.T.tocsr(), matrix_norm(proj)
 
 
 def _positive_distance(value, name: str, hint: str) -> float:
@@ -295,13 +291,15 @@ class FanBeamCT(Operator):
             )
         super().__init__(noise_model=noise_model, **kwargs)
         self.image_size = n
+        self.image_shape = (n, n)
         self.source_distance = rs
         self.detector_distance = dsd
         self.detectors = int(detectors)
         self.detector_spacing = spacing
         self.normalize = bool(normalize)
+        #: the source angles in degrees, stored once (configuration, not state: ``.to()`` and ``.double()`` leave
+        #: them)
         self._theta_key = tuple(float(a) for a in theta)
-        self.register_buffer("angles", torch.tensor(theta, dtype=torch.float64))
         _, _, sigma = _geometry(*self._geometry_key())
         self._sigma = sigma
         #: factor applied to the line integrals (1 / ||P|| when normalised, else 1)
@@ -311,6 +309,11 @@ class FanBeamCT(Operator):
     def _geometry_key(self) -> tuple:
         return (self.image_size, self._theta_key, self.source_distance, self.detector_distance, self.detectors,
                 self.detector_spacing)
+
+    @property
+    def angles(self) -> torch.Tensor:
+        """The source angles in degrees (float64, a new tensor made from the stored ones)."""
+        return torch.tensor(self._theta_key, dtype=torch.float64)
 
     @property
     def n_angles(self) -> int:
@@ -329,7 +332,8 @@ class FanBeamCT(Operator):
         }}
 
     def norm_bound(self) -> float:
-        """Largest singular value (ARPACK, tolerance 1e-12) times ``scale``, plus a relative margin of 1e-6."""
+        """Largest singular value of the stored projector (ARPACK through :func:`matrix_norm`, at
+        tolerance 1e-12) times ``scale``, plus a relative margin of 1e-6."""
         return self._sigma * self.scale * (1.0 + _NORM_MARGIN)
 
     def measurement_shape(self, x_shape):
@@ -348,7 +352,7 @@ class FanBeamCT(Operator):
         key = (which, dtype, device)
         if key not in self._cache:
             proj, proj_t, _ = _geometry(*self._geometry_key())
-            self._cache[key] = _to_torch_csr(proj if which == "projector" else proj_t, dtype, device)
+            self._cache[key] = to_torch_csr(proj if which == "projector" else proj_t, dtype, device)
         return self._cache[key]
 
     def __getstate__(self):
@@ -356,17 +360,27 @@ class FanBeamCT(Operator):
         state["_cache"] = {}  # torch sparse tensors cannot be deep-copied or pickled; they are rebuilt lazily
         return state
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # the angles travel with the state (they are not state), so that loading a state made with other angles
+        # is refused instead of silently keeping these
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "angles"] = self.angles
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "angles"
-        if key in state_dict and (state_dict[key].shape != self.angles.shape
-                                  or not torch.equal(state_dict[key].to(self.angles), self.angles)):
-            error_msgs.append(
-                f"{key}: the state holds other angles ({state_dict[key].numel()} of them) than this FanBeamCT "
-                f"({self.n_angles}); the geometry is configuration, not state: build the operator with "
-                f"operator_from_config(config) instead"
-            )
-            return
+        if key in state_dict:
+            theirs = state_dict[key]
+            if not isinstance(theirs, torch.Tensor) or not theirs.is_floating_point() or theirs.shape != (
+                    self.n_angles,) or not torch.equal(theirs.detach().cpu(), self.angles.to(theirs.dtype)):
+                count = theirs.numel() if isinstance(theirs, torch.Tensor) else "?"
+                error_msgs.append(
+                    f"{key}: the state holds other angles ({count} of them) than this FanBeamCT ({self.n_angles}); "
+                    f"the geometry is configuration, not state: build the operator with operator_from_config(config) "
+                    f"instead"
+                )
+                return
+            state_dict = {k: v for k, v in state_dict.items() if k != key}  # checked: not a tensor to load
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
