@@ -215,8 +215,9 @@ def test_a_folder_of_dicom_slices_becomes_a_dataset_and_trains_a_model(dicom_ser
     assert "log-Poisson, 4096 photons per detector bin" in capsys.readouterr().out
     model = tmp_path / "m.safetensors"
     code = main(["train", "--task", "ct-30-lowdose", "--data", str(out), "--out", str(model), "--steps", "2",
-                 "--iterations", "1", "--channels", "2", "--depth", "1", "--init-degree", "5", "--validation-count",
-                 "1", "--batch-size", "2", "--no-progress", "--device", "cpu"])
+                 "--family", "gradient_flow", "--iterations", "1", "--channels", "2", "--depth", "1",
+                 "--init-degree", "5", "--validation-count", "1", "--batch-size", "2", "--no-progress",
+                 "--device", "cpu"])
     assert code == 0 and model.stat().st_size > 0
     # a custom operator at the images' own size: the same slices at 32 x 32, Gaussian noise
     small = tmp_path / "small.h5"
