@@ -5,6 +5,7 @@ from . import data as data
 from . import models as models
 from . import nn as nn
 from . import operators as operators
+from ._warnings import ConvergenceWarning as ConvergenceWarning
 from .baselines import Tikhonov as Tikhonov
 from .baselines import TotalVariation as TotalVariation
 from .baselines import choose_alpha as choose_alpha

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._warnings import ConvergenceWarning
 from ..baselines._io import as_measurement, as_start
 from ..operators import as_operator, norm_bound
 from ..operators._base import state_version
@@ -252,7 +253,7 @@ class VariationalInverse(nn.Module):
         if not converged:
             warnings.warn(f"VariationalInverse stopped at max_iter={self.max_iter} with a certified distance to the "
                           f"minimiser of {float(err.max()):.3g} (tolerance {target:.3g}); certificate() includes it. "
-                          "Raise max_iter or tol", RuntimeWarning, stacklevel=3)
+                          "Raise max_iter or tol", ConvergenceWarning, stacklevel=3)
         return x, info
 
     @torch.no_grad()
