@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
+from .._warnings import ConvergenceWarning
 from ..operators import Blur, Gradient, Operator
 from ..operators._base import check_tensor
 from ..operators._check import verify_adjoint
@@ -287,7 +288,7 @@ class Tikhonov:
             warnings.warn(
                 f"Tikhonov CG stopped after {int(info.iterations.max())} iterations (max_iter={self.max_iter}) "
                 f"with relative residual {worst:.2e} > tol {self.tol:.1e}; raise max_iter or alpha",
-                RuntimeWarning, stacklevel=2,
+                ConvergenceWarning, stacklevel=2,
             )
         out = restore(x)
         return (out, info) if return_info else out

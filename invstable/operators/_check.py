@@ -7,6 +7,7 @@ import warnings
 
 import torch
 
+from .._warnings import ConvergenceWarning
 from ._base import Operator, device_of, memo, remember, require_operator, shape_tuple, state_version
 from ._norms import POWER_MARGIN, as_double, inner, power_norm
 
@@ -197,7 +198,7 @@ def check_operator(op, in_shape, *, tol: float | None = None, margin: float = PO
         warnings.warn(
             f"{type(op).__name__}: the power iteration for ||A|| did not converge in {max_iter} iterations "
             f"(estimate {estimate:.6g}); the norm bound {estimate * (1 + margin):.6g} may be too small. Raise "
-            f"max_iter or give the operator an exact norm_bound()", RuntimeWarning, stacklevel=2)
+            f"max_iter or give the operator an exact norm_bound()", ConvergenceWarning, stacklevel=2)
     return OperatorReport(mismatch, dtype, tol, estimate * (1 + margin), estimate, "power iteration", margin,
                           iterations, in_shape, out_shape, converged)
 
