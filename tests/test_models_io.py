@@ -189,3 +189,27 @@ def test_a_regularizer_header_claiming_huge_channels_is_refused(tmp_path):
     write_safetensors(path, tensors, header)  # ridge/1's digest covers the tensors only
     with pytest.raises(ModelFileError, match="[GT]iB of memory"):
         load_regularizer(path)
+
+
+# -- the one atomic writer (invstable._files), which model files and every other file go through --------------
+def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
+    from invstable import _files
+    from invstable.models._io import atomic_write
+
+    assert atomic_write is _files.atomic_write  # one writer, still importable from here
+    out = tmp_path / "sub" / "f.txt"
+    _files.atomic_write(out, lambda tmp: open(tmp, "w").write("first"))
+    assert out.read_text() == "first"
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _files.atomic_write(out, broken)
+    assert out.read_text() == "first" and sorted(p.name for p in out.parent.iterdir()) == ["f.txt"]
+    with pytest.raises(FileExistsError, match=r"f\.txt.*overwrite=True"):
+        _files.atomic_write(out, lambda tmp: open(tmp, "w").write("second"), overwrite=False)
+    assert out.read_text() == "first" and sorted(p.name for p in out.parent.iterdir()) == ["f.txt"]
+    fresh = _files.atomic_write(tmp_path / "new.txt", lambda tmp: open(tmp, "w").write("new"), overwrite=False)
+    assert fresh.read_text() == "new"

@@ -368,3 +368,17 @@ def test_ct_keeps_its_angles_once_and_they_survive_a_cast():
     op = op.double().float()
     assert op.angles.dtype == torch.float64 and op.angles.tolist() == [0.0, 33.3, 90.0]
     assert op.config()["params"]["angles"] == [0.0, 33.3, 90.0]
+
+
+def test_the_norm_module_agrees_with_dense_linear_algebra(rng):
+    from invstable.operators import _norms
+
+    m = torch.randn(9, 7, generator=rng, dtype=torch.float64)
+    exact = float(torch.linalg.matrix_norm(m, ord=2))
+    gram = (m.T @ m).numpy()
+    assert _norms.largest_eigenvalue(lambda v: gram @ v, 7, rtol=1e-12) == pytest.approx(exact**2, rel=1e-10)
+    estimate, _, converged = _norms.power_norm(MatrixOperator(m), (7,), rtol=1e-10, max_iter=5000, generator=rng)
+    assert converged and estimate <= exact * (1 + 1e-12) and estimate == pytest.approx(exact, rel=1e-6)
+    sparse = sp.random(40, 30, density=0.2, format="csr", random_state=1)
+    assert _norms.matrix_norm(sparse) == pytest.approx(np.linalg.norm(sparse.toarray(), 2), rel=1e-10)
+    assert _norms.matrix_norm(m) == pytest.approx(exact, rel=1e-14)
