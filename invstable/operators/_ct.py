@@ -53,9 +53,6 @@ def _backprojector(image_size: int, theta_key: tuple[float, ...], detectors: int
     return backprojector_matrix(image_size, np.asarray(theta_key), detectors)
 
 
-_to_torch_csr = to_torch_csr  # the name this module used before the helper moved to ._sparse
-
-
 class ParallelBeamCT(Operator):
     r"""Parallel-beam Radon transform of square images, with an exact adjoint.
 

@@ -16,9 +16,6 @@ from ._norms import matrix_norm
 from ._sparse import csr_tensor, sparse_product
 
 
-_shape_tuple = shape_tuple  # the name this module used before the helper moved to ._base
-
-
 class MatrixOperator(Operator):
     r"""A matrix ``M`` of shape ``(m, n)`` acting on flattened images: ``A x = M vec(x)``.
 
