@@ -79,7 +79,7 @@ def fan_projector_samples(image_size: int, theta: np.ndarray, source_distance: f
         step = np.cos(gamma) * d[axis] + np.sin(gamma) * e[axis]
         with np.errstate(divide="ignore", invalid="ignore"):
             a, b = (-half - start) / step, (half - start) / step
-        parallel = np.abs(step) < 1e-12  # the ray runs across this axis: inside the slab throughout, or never
+        parallel = np.abs(step) < 1e-12  # the ray does not move along this axis: inside the slab throughout, or never
         inside = np.abs(start) <= half
         lo = np.where(parallel, np.where(inside, -np.inf, np.inf), np.minimum(a, b))
         hi = np.where(parallel, np.where(inside, np.inf, -np.inf), np.maximum(a, b))
