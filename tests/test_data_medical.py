@@ -91,6 +91,22 @@ def test_slices_follow_the_patient_position_then_the_instance_number(tmp_path):
     assert np.allclose(values, expected([10, 20, 30, 977, 978]), atol=1e-6)  # HU = stored - 1024
 
 
+def test_mixed_folder_keeps_file_order_with_each_series_and_volume_in_place(tmp_path):
+    import imageio.v3 as iio
+    import nibabel
+
+    iio.imwrite(tmp_path / "a.png", np.full((4, 4), 255, np.uint8))
+    write_dicom(tmp_path / "b1.dcm", np.full((4, 4), 1024, np.uint16), z=5.0)
+    write_dicom(tmp_path / "b2.dcm", np.full((4, 4), 1024, np.uint16), z=-5.0)
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.eye(4)), tmp_path / "c.nii")
+    np.save(tmp_path / "d.npy", np.zeros((4, 4)))
+    folder = ImageFolder(tmp_path)
+    assert [(p.name, k) for p, _, k in folder.items] == [("a.png", 0), ("b2.dcm", 0), ("b1.dcm", 0), ("c.nii", 0),
+                                                         ("c.nii", 1), ("d.npy", 0)]
+    folder.check()
+    assert float(folder[0].min()) == 1.0 and abs(float(folder[4].mean()) - 1000 / SPAN) < 1e-6  # PNG: not windowed
+
+
 def test_scanner_exports_without_a_suffix_are_found_by_their_dicm_marker(tmp_path):
     write_dicom(tmp_path / "IM0001", np.full((3, 3), 1024, np.uint16))
     (tmp_path / "README").write_text("not an image")

@@ -279,6 +279,12 @@ class ImageFolder(torch.utils.data.Dataset):
             elif p == min(series_of[p]):  # a series takes the place of its first file name
                 items += [(q, "dicom", f) for q in series_of[p] for f in range(headers[q]["frames"])]
         self.items = tuple(items)
+        self._volume = {}  # the last compressed NIfTI volume read (see _medical.read_nifti), per process
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_volume"] = {}  # DataLoader workers read their own
+        return state
 
     def __len__(self) -> int:
         return len(self.items)
@@ -291,7 +297,7 @@ class ImageFolder(torch.utils.data.Dataset):
             x = to_unit_float(read_array_file(path), channels=self.channels, rescale=self.rescale, what=str(path))
         else:
             values = (_medical.read_dicom(path, k, self.window) if kind == "dicom"
-                      else _medical.read_nifti(path, k, self.axis, self.window))
+                      else _medical.read_nifti(path, k, self.axis, self.window, self._volume))
             x = torch.from_numpy(values.astype(np.float32))[None]
         return x if self.size is None else _fit(x, self.size)
 

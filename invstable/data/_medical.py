@@ -203,21 +203,39 @@ def nifti_slices(path: Path, axis: int) -> int:
     return 1 if len(shape) == 2 else shape[axis]
 
 
-def read_nifti(path: Path, index: int, axis: int, window) -> np.ndarray:
+def read_nifti(path: Path, index: int, axis: int, window, cache: dict | None = None) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a NIfTI volume in [0, 1] (nibabel applies scl_slope / scl_inter; CT
-    volumes are in HU)."""
+    volumes are in HU).
+
+    A compressed volume (.nii.gz) cannot be read slice by slice without decompressing everything before the slice;
+    with ``cache`` (a dict owned by the caller) its stored values are kept, one volume at a time, so reading every
+    slice in turn decompresses it once. An uncompressed .nii is memory-mapped and read slice by slice.
+    """
     import nibabel
 
     try:
-        image = nibabel.load(path)
-        shape = _volume_shape(image.shape, path)
-        proxy = image.dataobj
-        if len(shape) == 2:
-            values = np.asarray(proxy).reshape(shape)
+        if cache is not None and path.name.lower().endswith(".gz"):
+            key = (path, path.stat().st_mtime_ns)
+            if cache.get("key") != key:
+                cache.clear()  # one volume at a time: the previous one is freed before the next is read
+                image = nibabel.load(path)
+                shape = _volume_shape(image.shape, path)
+                proxy = image.dataobj
+                cache.update(key=key, shape=shape, stored=np.asarray(proxy.get_unscaled()).reshape(shape),
+                             slope=float(proxy.slope), inter=float(proxy.inter))
+            shape, stored = cache["shape"], cache["stored"]
+            part = stored if len(shape) == 2 else np.take(stored, index, axis=axis)
+            values = part * cache["slope"] + cache["inter"]
         else:
-            where = [slice(None)] * len(image.shape)
-            where[axis % 3] = index
-            values = np.asarray(proxy[tuple(where)]).reshape([n for i, n in enumerate(shape) if i != axis % 3])
+            image = nibabel.load(path)
+            shape = _volume_shape(image.shape, path)
+            proxy = image.dataobj
+            if len(shape) == 2:
+                values = np.asarray(proxy).reshape(shape)
+            else:
+                where = [slice(None)] * len(image.shape)
+                where[axis % 3] = index
+                values = np.asarray(proxy[tuple(where)]).reshape([n for i, n in enumerate(shape) if i != axis % 3])
     except ImageReadError:
         raise
     except Exception as error:  # truncated data, bad compression, ...
