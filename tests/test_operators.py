@@ -382,3 +382,12 @@ def test_the_norm_module_agrees_with_dense_linear_algebra(rng):
     sparse = sp.random(40, 30, density=0.2, format="csr", random_state=1)
     assert _norms.matrix_norm(sparse) == pytest.approx(np.linalg.norm(sparse.toarray(), 2), rel=1e-10)
     assert _norms.matrix_norm(m) == pytest.approx(exact, rel=1e-14)
+
+
+def test_config_of_answers_for_every_kind_of_operator():
+    from invstable.operators._base import config_of
+
+    assert config_of(ParallelBeamCT(16, 3)) == {"name": "ct", "params": {"image_size": 16, "angles": [0.0, 60.0, 120.0],
+                                                                         "detectors": 23, "normalize": True}}
+    assert config_of(MatrixOperator(np.eye(3))) is None  # an invstable operator without a configuration
+    assert config_of(Denoising()) is None  # a deepinv physics without config()

@@ -210,11 +210,9 @@ def save_model(model, path: str | os.PathLike, *, metadata: dict | None = None) 
         If the operator has no registry configuration (a user's callable or matrix operator): register it
         with :func:`invstable.operators.register_operator` first.
     """
-    config = getattr(model.operator, "config", None)
-    try:
-        op_config = config() if callable(config) else None
-    except NotImplementedError:
-        op_config = None
+    from ..operators._base import config_of
+
+    op_config = config_of(model.operator)
     if op_config is None:
         raise ValueError(
             f"cannot save a model whose operator {type(model.operator).__name__} has no registry configuration; "

@@ -174,6 +174,19 @@ class Operator(LinearPhysics):
         return f"{type(self).__name__}({shown})"
 
 
+def config_of(op) -> dict | None:
+    """The registry configuration of ``op`` (``{"name": ..., "params": {...}}``), or ``None`` for an operator that
+    cannot be rebuilt from one: an invstable operator that has none (a matrix, a pair of callables) or a deepinv
+    physics without ``config()``. A plugin's physics defines ``config()`` as invstable's operators do."""
+    own = op.config if isinstance(op, Operator) else getattr(op, "config", None)
+    if not callable(own):
+        return None
+    try:
+        return own()
+    except NotImplementedError:
+        return None
+
+
 def digest(values) -> str:
     """Eight hex digits of SHA-256 over the float64 values (and shape) of an array: equal arrays, equal digests."""
     if isinstance(values, torch.Tensor):
