@@ -397,3 +397,47 @@ def test_resume_refuses_another_model(tmp_path):
 def test_dense_multilevel_is_refused_before_training():
     with pytest.raises(ValueError, match="dense"):
         train(model("dense"), TinyPairs(8), config=config(steps=4, levels=2))
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+def test_model_info_says_task_operator_noise_recipe_scores_and_bound():
+    from invstable.data._tasks import TASKS
+    from invstable.models import model_info, recommended
+
+    info = model_info("blur-wide")
+    spec = TASKS[info["task"]]
+    assert info["geometry"] == {"operator": spec.operator["name"], **spec.operator["params"]}
+    assert info["noise"]["level"] == spec.noise.level and info["noise"]["kind"] == spec.noise.kind
+    assert info["recipe"] == info["training"]["recipe"]
+    assert info["validation"]["psnr"] == info["training"]["validation_psnr"]
+    assert info["lipschitz_bound"] == info["training"]["lipschitz_bound"] and info["certified"]
+    row = recommended()[info["task"]]["candidates"]["blur-wide"]
+    assert info["validation"]["selection"][info["task"]]["validation_psnr"] == row["validation_psnr"]
+    baseline = model_info("ct30-unconstrained")
+    assert baseline["lipschitz_bound"] == math.inf and not baseline["certified"]
+
+
+def test_universal_info_gives_the_bound_of_each_preset():
+    from invstable.models import model_info
+
+    info = model_info("universal")
+    assert info["task"] is None and info["geometry"] is None
+    for task, preset in info["presets"].items():
+        assert info["lipschitz_bound"][task] == pytest.approx(1 / (2 * math.sqrt(preset["strong_convexity"])))
+        assert info["validation"]["presets"][task]["psnr"] == preset["validation_psnr"]
+    assert info["noise"]["sigmas"] == [lv["sigma"] for lv in info["noise_levels"]]
+
+
+def test_loaded_models_carry_their_info_with_the_bound_of_their_weights():
+    from invstable.data import task
+    from invstable.models import format_info
+
+    m = load_model("ct30-gradflow")
+    assert m.info["task"] == "ct-30" and m.info["lipschitz_bound"] == pytest.approx(m.lipschitz_bound())
+    assert m.info["lipschitz_bound"] == pytest.approx(m.info["training"]["lipschitz_bound"], rel=1e-3)
+    u = load_model("universal", operator=task("blur-g2").operator, preset="blur-g2")
+    assert u.info["task"] == "blur-g2" and u.info["geometry"]["operator"] == "blur"
+    assert u.info["lipschitz_bound"] == u.lipschitz_bound()
+    text = format_info(m.info)
+    for part in ("ct-30", "angles=30", "training noise", "recipe", "validation", "certified Lipschitz bound"):
+        assert part in text

@@ -15,24 +15,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..models import PRETRAINED, list_models, model_info, recommended
+    from ..models import PRETRAINED, format_info, list_models, model_info, recommended
 
     shipped = list_models()
     for name, what in PRETRAINED.items():
         if name not in shipped:
             print(f"{name:<20} (not in this installation) {what}")
             continue
-        info = model_info(name)
-        if info["operator"] is None:  # a universal regulariser: any operator, presets tuned on validation
-            presets = ", ".join(f"{task} {p['validation_psnr']:.2f} dB (bound {1 / (2 * p['strong_convexity'] ** 0.5):.2f})"
-                                for task, p in info.get("presets", {}).items())
-            steps = info.get("training", {}).get("steps", "?")
-            print(f"{name:<20} {what}; trained {steps} steps as a denoiser; validation presets: {presets or 'none'}")
-            continue
-        rec = info.get("training", {})
-        recipe = f"; recipe: {rec['recipe']}" if rec.get("recipe") else ""
-        print(f"{name:<20} {what}; validation PSNR {rec.get('validation_psnr', float('nan')):.2f} dB, "
-              f"certified Lipschitz bound {rec.get('lipschitz_bound', float('nan')):.2f}{recipe}")
+        # task, operator and geometry, training noise, recipe, validation scores, certified bound
+        print(format_info(model_info(name)))
     table = recommended()
     if table:
         print("\nload_model(task=...) returns (chosen on validation data; PSNR on the same validation images):")

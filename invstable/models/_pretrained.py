@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -40,14 +42,161 @@ def list_models() -> list[str]:
 
 
 def model_info(name_or_path: str | os.PathLike) -> dict:
-    """The configuration and training record of a model file or shipped model, without building it."""
+    r"""What a model file or shipped model is, without building it: its configuration, training record and a
+    summary a user can read (:func:`format_info` prints it).
+
+    Returns
+    -------
+    dict
+        The file's records as they are stored (``"model"``, ``"operator"`` (None for the universal regulariser),
+        ``"training"``; ``"noise_levels"`` and ``"presets"`` for the universal one) and the summary:
+
+        - ``"name"``, ``"description"``;
+        - ``"task"``: the protocol task it was trained for (None for the universal regulariser, which serves any
+          operator), ``"task_description"``;
+        - ``"geometry"``: the operator's name and parameters (image size, angles, blur sigma...): the task's when
+          the file records one, else the stored configuration with long arrays summarised;
+        - ``"noise"``: the training noise (``kind``, ``level``, ``relative``; for the universal regulariser the
+          denoising levels ``sigmas``);
+        - ``"recipe"``: the command that trained it;
+        - ``"validation"``: the validation PSNR (``psnr`` and ``count`` of images; ``denoising_psnr`` and
+          ``presets`` for the universal one) and, under ``selection``, the scores of ``scripts/select_models.py``
+          for each task where the model was a candidate (:func:`recommended`);
+        - ``"lipschitz_bound"``: the certified bound recorded at training (``inf``: no certificate); for the
+          universal regulariser :math:`1/(2\sqrt m)` for each shipped preset and for the noise rule;
+          ``"certified"``: whether the bound is finite.
+    """
     path = _resolve(name_or_path)
     if file_format(path) == RIDGE_FORMAT:
         reg, extra = load_regularizer(path)
-        return {"model": {"class": "ConvexRidgeRegularizer", "channels": list(reg.channels),
-                          "kernel_size": reg.kernel_size}, "operator": None, **extra}
-    model_cfg, op_cfg, extra, _ = read_model_file(path)
-    return {"model": model_cfg, "operator": op_cfg, **extra}
+        raw = {"model": {"class": "ConvexRidgeRegularizer", "channels": list(reg.channels),
+                         "kernel_size": reg.kernel_size}, "operator": None, **extra}
+    else:
+        model_cfg, op_cfg, extra, _ = read_model_file(path)
+        raw = {"model": model_cfg, "operator": op_cfg, **extra}
+    text = os.fspath(name_or_path)
+    return {**raw, **_summary(text if text in PRETRAINED else path.stem, raw)}
+
+
+def _task_spec(name):
+    from ..data._tasks import TASKS  # noqa: PLC0415 (data imports the operators; loaded on demand)
+
+    return TASKS.get(name) if isinstance(name, str) else None
+
+
+def _geometry(op_config, spec) -> dict | None:
+    """The operator's name and readable parameters: the task's when known, else the stored configuration."""
+    if spec is not None:
+        return {"operator": spec.operator["name"], **spec.operator["params"]}
+    if not isinstance(op_config, dict):
+        return None
+    from ..operators._base import summarise  # noqa: PLC0415
+
+    params = {k: summarise(v) if isinstance(v, (list, tuple)) and (len(v) > 8 or any(
+        isinstance(e, (list, tuple)) for e in v)) else v for k, v in (op_config.get("params") or {}).items()}
+    return {"operator": op_config.get("name"), **params}
+
+
+def _noise(spec) -> dict | None:
+    if spec is None:
+        return None
+    return {k: v for k, v in dataclasses.asdict(spec.noise).items() if v is not None}
+
+
+def _bound(m) -> float:
+    return 1.0 / (2.0 * math.sqrt(m))
+
+
+def _summary(name: str, raw: dict) -> dict:
+    """The readable summary of :func:`model_info` from a file's records, the task registry and recommended()."""
+    training = raw.get("training") or {}
+    selection = {}
+    for task, choice in recommended().items():
+        row = choice.get("candidates", {}).get(name)
+        if row is not None:
+            selection[task] = {"validation_psnr": row.get("validation_psnr"),
+                               "validation_count": choice.get("validation_count"),
+                               "recommended": choice.get("name") == name}
+    out = {"name": name, "description": PRETRAINED.get(name),
+           "recipe": training.get("recipe") or training.get("command")}
+    if raw.get("model", {}).get("class") == "ConvexRidgeRegularizer":
+        from ._variational import DEFAULT_STRONG_CONVEXITY  # noqa: PLC0415
+
+        presets = raw.get("presets") or {}
+        sigmas = [lv["sigma"] for lv in raw.get("noise_levels") or []] or (training.get("config") or {}).get("sigmas")
+        bounds = {task: _bound(p["strong_convexity"]) for task, p in presets.items()}
+        bounds["noise_rule"] = _bound(DEFAULT_STRONG_CONVEXITY)
+        out.update(task=None, task_description="any linear operator (pass operator= to load_model)", geometry=None,
+                   noise={"kind": "gaussian", "denoising": True, "sigmas": sigmas},
+                   validation={"denoising_psnr": training.get("validation_denoising_psnr"),
+                               "presets": {task: {"psnr": p.get("validation_psnr"), "count": p.get("n_validation")}
+                                           for task, p in presets.items()},
+                               "selection": selection},
+                   lipschitz_bound=bounds, certified=True)
+        return out
+    task = training.get("task")
+    spec = _task_spec(task)
+    bound = training.get("lipschitz_bound")
+    out.update(task=task, task_description=None if spec is None else spec.description,
+               geometry=_geometry(raw.get("operator"), spec), noise=_noise(spec),
+               validation={"psnr": training.get("validation_psnr"), "count": training.get("validation_count"),
+                           "selection": selection},
+               lipschitz_bound=bound, certified=isinstance(bound, (int, float)) and math.isfinite(bound))
+    return out
+
+
+def _number(value, fmt: str = ".2f") -> str:
+    return "?" if not isinstance(value, (int, float)) else format(value, fmt)
+
+
+def format_info(info: dict) -> str:
+    """A few readable lines from :func:`model_info` (or a loaded model's ``info``): task, operator and geometry,
+    training noise, recipe, validation scores and certified bound; ``invstable models`` prints them."""
+    lines = [f"{info.get('name', '?')}: {info.get('description') or ''}".rstrip(": ")]
+    task = info.get("task")
+    if task is None and info.get("task_description"):
+        lines.append(f"  task: {info['task_description']}")
+    elif task is not None:
+        lines.append(f"  task: {task}" + (f" ({info['task_description']})" if info.get("task_description") else ""))
+    geometry = info.get("geometry")
+    if geometry:
+        params = ", ".join(f"{k}={v}" for k, v in geometry.items() if k != "operator")
+        lines.append(f"  operator: {geometry.get('operator')} ({params})")
+    noise = info.get("noise")
+    if noise:
+        if noise.get("denoising"):
+            lines.append("  training noise: gaussian denoising at sigma "
+                         + ", ".join(_number(s, ".4g") for s in noise.get("sigmas") or []))
+        else:
+            rel = " relative to mean |A x| per sample" if noise.get("relative") else ""
+            lines.append(f"  training noise: {noise.get('kind')}, level {_number(noise.get('level'), 'g')}{rel}")
+    if info.get("recipe"):
+        lines.append(f"  recipe: {info['recipe']}")
+    val = info.get("validation") or {}
+    scores = []
+    if val.get("psnr") is not None:
+        count = f" on {val['count']} images" if val.get("count") else ""
+        scores.append(f"PSNR {_number(val['psnr'])} dB{count} (training record)")
+    if val.get("denoising_psnr"):
+        scores.append("denoising PSNR " + ", ".join(f"{_number(p)} dB at sigma {s}/255"
+                                                    for s, p in val["denoising_psnr"].items()))
+    for task_name, p in (val.get("presets") or {}).items():
+        scores.append(f"preset {task_name} {_number(p.get('psnr'))} dB on {p.get('count', '?')} images")
+    for task_name, row in (val.get("selection") or {}).items():
+        mark = ", recommended" if row.get("recommended") else ""
+        scores.append(f"selection {task_name} {_number(row.get('validation_psnr'))} dB on "
+                      f"{row.get('validation_count', '?')} images{mark}")
+    if scores:
+        lines.append("  validation: " + "; ".join(scores))
+    bound = info.get("lipschitz_bound")
+    if isinstance(bound, dict):
+        lines.append("  certified Lipschitz bound 1/(2 sqrt m): "
+                     + ", ".join(f"{k} {_number(v)}" for k, v in bound.items()))
+    elif isinstance(bound, (int, float)) and math.isfinite(bound):
+        lines.append(f"  certified Lipschitz bound: {_number(bound)}")
+    elif bound is not None:
+        lines.append("  certified Lipschitz bound: none (no certificate)")
+    return "\n".join(lines)
 
 
 def _resolve(name_or_path) -> Path:
@@ -98,7 +247,6 @@ def _recommended_model(task: str, device):
         model = load_model(name, operator=protocol_task(task).operator, preset=task, device=device)
     else:
         model = load_model(name, device=device)
-        model.info = model_info(name)
     model.info = {**getattr(model, "info", {}), "recommended_for": task, "selection": choice}
     return model
 
@@ -157,8 +305,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, task: str | Non
             raise ValueError(f"{os.fspath(name_or_path)!r} is an unrolled model trained for its own operator; it "
                              "takes no operator, preset, noise_level or solver options (the 'universal' model "
                              "serves any operator)")
-        model_cfg, op_cfg, _, tensors = read_model_file(path)
+        model_cfg, op_cfg, extra, tensors = read_model_file(path)
         model = build_model(model_cfg, op_cfg, tensors, where=repr(str(path)), model_class=UnrolledInverse)
+        text = os.fspath(name_or_path)
+        raw = {"model": model_cfg, "operator": op_cfg, **extra}
+        model.info = {**raw, **_summary(text if text in PRETRAINED else path.stem, raw)}
+        model.info["lipschitz_bound"] = model.lipschitz_bound()  # computed from the weights, as loaded
     return model if device is None else model.to(device)
 
 
@@ -180,5 +332,21 @@ def _universal(path: Path, operator, preset, noise_level, options):
         values = noise_rule(extra["noise_levels"], noise_level)
     values.update(options)
     model = VariationalInverse(reg, operator, **values)
-    model.info = {"name": path.stem, "preset": preset, **{k: v for k, v in extra.items() if k != "curve"}}
+    raw = {"model": {"class": "ConvexRidgeRegularizer", "channels": list(reg.channels),
+                     "kernel_size": reg.kernel_size}, "operator": None, **extra}
+    info = {**{k: v for k, v in raw.items() if k != "curve"}, **_summary(path.stem, raw)}
+    spec = _task_spec(preset)
+    config = getattr(model.operator, "config", None)
+    try:
+        op_config = config() if callable(config) else None
+    except NotImplementedError:
+        op_config = None
+    geometry = _geometry(op_config, None) or {"operator": type(model.operator).__name__}
+    info.update(preset=preset, noise_level=noise_level, operator=op_config, geometry=geometry,
+                task=preset if spec is not None else None,
+                task_description=(spec.description if spec is not None
+                                  else "any linear operator: this one given to load_model"),
+                settings={k: getattr(model, k) for k in ("lam", "scale", "strong_convexity", "reference", "bounds")},
+                lipschitz_bound=model.lipschitz_bound(), certified=True)
+    model.info = info
     return model.eval()

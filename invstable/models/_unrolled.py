@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pathlib  # noqa: F401 (annotation)
+import warnings
+import weakref
 
 import torch
+from deepinv.models import Reconstructor
 from torch import nn
 
 from ..nn import prolong as prolong_network
 from ..nn import Resampled, refresh_spectral_norms, stable_network, time_smoothness
 from ..operators import as_operator, norm_bound
+from ..operators._base import state_version
 from ..operators._check import verify_adjoint
+from ._denoiser import DenoiserBlock
 from ._initial import (apply_filter, chebyshev_basis, chebyshev_coefficients, combine_basis,
                        filter_norm_bound)
 
@@ -39,12 +45,19 @@ DEFAULT_OPTIONS = {
 }
 
 
+#: relative difference between the model's operator and a deepinv physics on probe images below which the two are
+#: taken as the same operator (float32 FFT and convolution implementations of one blur differ by ~1e-7)
+SAME_OPERATOR_RTOL = 1e-4
+#: physics -> {operator -> the state in which the two were found the same} (kept beside them, dropped with them)
+_SAME_PHYSICS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _inner(block: nn.Module) -> nn.Module:
     """The stable network of a block (inside its resampling for a coarse-scale block)."""
     return block.network if isinstance(block, Resampled) else block
 
 
-class UnrolledInverse(nn.Module):
+class UnrolledInverse(Reconstructor):
     r"""Learned regularised inverse: ``K`` data-consistency steps, each followed by a stable network.
 
     The state is a stack of ``channels`` feature maps whose first ``image_channels`` are the image
@@ -67,12 +80,12 @@ class UnrolledInverse(nn.Module):
     Parameters
     ----------
     operator : deepinv.physics.LinearPhysics or anything :func:`invstable.operators.as_operator` takes
-    family : {"gradient_flow", "hamiltonian", "antisymmetric", "dense", "unconstrained"}
+    family : {"gradient_flow", "hamiltonian", "antisymmetric", "dense", "unconstrained"}, default "gradient_flow"
         Family of the regularising blocks; "unconstrained" is a plain ResNet (the baseline).
     iterations : int, default 8
         ``K``.
     channels : int, default 8
-        Width of the state (image channels included).
+        Width of the state (image channels included); with ``denoiser``, ``image_channels``.
     depth : int, default 2
         Layers per regularising block.
     step : float, default 1.0
@@ -94,6 +107,13 @@ class UnrolledInverse(nn.Module):
         pulls the image towards the first guess instead of towards zero; the bound gains ``a B_0`` per iteration.
     seed : int, default 0
         Seed of the initial weights.
+    denoiser : torch.nn.Module, optional
+        A deepinv denoiser (``deepinv.models.DnCNN(pretrained=None)``, ``DRUNet``...) used, shared by every
+        iteration, as the regularising block instead of a stable network (:class:`DenoiserBlock`), to compare
+        with the certified families in the same scheme. **Such a model has no certificate**:
+        :meth:`lipschitz_bound` is ``inf`` (with a warning), and it cannot be saved as an invstable model file.
+    denoiser_sigma : float
+        The noise level given to ``denoiser`` at each step; required with ``denoiser``.
     **options
         Options of the layers (see :func:`invstable.nn.stable_network`); each family has defaults
         (:data:`DEFAULT_OPTIONS`).
@@ -115,6 +135,10 @@ class UnrolledInverse(nn.Module):
     (:math:`L_k \le 1`) and ``max_step <= 0.5`` (:math:`\tau_k \le 1/\|A\|^2`) this is at most
     :math:`B_0 + K / \|A\|`.
 
+    The model is a :class:`deepinv.models.Reconstructor`: ``model(y, physics)`` runs as deepinv's models do
+    (``deepinv.test``, ``deepinv.Trainer``), where ``physics`` must be the operator it was trained for (the same
+    object, or one that gives the same measurements; :meth:`with_operator` binds a copy to another one).
+
     Examples
     --------
     >>> import torch
@@ -128,12 +152,29 @@ class UnrolledInverse(nn.Module):
     True
     """
 
-    def __init__(self, operator, *, family: str = "gradient_flow", iterations: int = 8, channels: int = 8,
+    def __init__(self, operator, *, family: str | None = None, iterations: int = 8, channels: int | None = None,
                  depth: int = 2, step: float = 1.0, max_step: float = 0.5, image_channels: int = 1,
                  image_shape: tuple[int, ...] | None = None, init: str = "tikhonov", init_alpha: float = 0.02,
-                 init_degree: int = 30, anchor: float = 0.0, scales=(1,), seed: int = 0, **options) -> None:
+                 init_degree: int = 30, anchor: float = 0.0, scales=(1,), seed: int = 0, denoiser=None,
+                 denoiser_sigma: float | None = None, **options) -> None:
         super().__init__()
-        if family not in FAMILIES:
+        if denoiser is not None:
+            if family not in (None, "denoiser"):
+                raise ValueError(f"family={family!r} and denoiser= both choose the regularising blocks; pass one")
+            if options:
+                raise ValueError(f"layer options {sorted(options)} do not apply to a denoiser block; drop them")
+            if denoiser_sigma is None:
+                raise ValueError("denoiser= needs denoiser_sigma=, the noise level the denoiser is asked to remove "
+                                 "at each step (e.g. a few times the noise level of the measurements)")
+            if channels not in (None, image_channels):
+                raise ValueError(f"a denoiser block works on the {image_channels} image channel(s) only; leave "
+                                 f"channels unset (got channels={channels!r})")
+            family, channels = "denoiser", image_channels
+        elif denoiser_sigma is not None:
+            raise ValueError("denoiser_sigma is the noise level given to denoiser=; pass a denoiser or drop it")
+        family = "gradient_flow" if family is None else family
+        channels = 8 if channels is None else channels
+        if family not in FAMILIES and family != "denoiser":
             raise ValueError(f"family={family!r} is not known; valid families: {sorted(FAMILIES)}")
         for name, value in (("iterations", iterations), ("channels", channels), ("depth", depth),
                             ("image_channels", image_channels)):
@@ -171,10 +212,13 @@ class UnrolledInverse(nn.Module):
         self.image_channels = image_channels
         self.step, self.max_step, self.seed = float(step), float(max_step), int(seed)
         self.image_shape = None if image_shape is None else tuple(int(n) for n in image_shape)
-        self.options = {**DEFAULT_OPTIONS[family], **options}
+        self.options = {**DEFAULT_OPTIONS.get(family, {}), **options}
         rng = torch.Generator().manual_seed(self.seed)
         self.blocks = nn.ModuleList()
-        for k in range(iterations):
+        if denoiser is not None:  # one denoiser, shared by every iteration (as a plug-and-play prior is)
+            block = DenoiserBlock(denoiser, sigma=denoiser_sigma, image_channels=image_channels)
+            self.blocks.extend([block] * iterations)
+        for k in range(iterations if denoiser is None else 0):
             f = self.scales[k % len(self.scales)]  # block k runs f times coarser (pixel unshuffle: an isometry)
             net = stable_network(FAMILIES[family], channels=channels * f * f, depth=depth, step=self.step, rng=rng,
                                  **self.options)
@@ -242,9 +286,19 @@ class UnrolledInverse(nn.Module):
         limit = 2.0 / self.operator_norm() ** 2
         return self.max_step * limit * torch.sigmoid(self.step_logits)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Reconstruct ``x`` from measurements ``y`` (batched, as the operator takes them)."""
+    def forward(self, y: torch.Tensor, physics=None, **kwargs) -> torch.Tensor:
+        """Reconstruct ``x`` from measurements ``y`` (batched, as the operator takes them).
+
+        ``physics`` (deepinv's ``model(y, physics)``) may be given: it must be the operator the model was trained
+        for (the same object, or a deepinv physics that gives the same measurements on probe images); a
+        ``ValueError`` says how to use another one (:meth:`with_operator`).
+        """
+        if kwargs:
+            raise TypeError(f"UnrolledInverse is called as model(y) or model(y, physics); got unexpected keyword "
+                            f"argument(s) {sorted(kwargs)}")
         op = self.operator
+        if physics is not None:
+            self._check_physics(physics, y)
         aty = op.A_adjoint(y)
         if aty.ndim < 3 or aty.shape[1] != self.image_channels:
             raise ValueError(f"A^T y has shape {tuple(aty.shape)}; expected (B, {self.image_channels}, ...): "
@@ -271,13 +325,96 @@ class UnrolledInverse(nn.Module):
                 s = torch.cat([s[:, :c] + self.anchor * x0.to(s.dtype), s[:, c:]], dim=1)
         return s[:, :c]
 
+    # ------------------------------------------------------------------ deepinv physics
+    def _check_physics(self, physics, y: torch.Tensor) -> None:
+        """Accept ``physics`` if it is this model's operator or gives the same measurements on two probe images
+        (remembered per physics and state); otherwise a ValueError that says what to do."""
+        if physics is self.operator:
+            return
+        shape = self.image_shape
+        if shape is None:
+            shape = tuple(self.operator.A_adjoint(y).shape[1:])
+        key = (shape, y.dtype, str(y.device), state_version(self.operator),
+               state_version(physics) if isinstance(physics, nn.Module) else None)
+        try:
+            cache = _SAME_PHYSICS.setdefault(physics, weakref.WeakKeyDictionary())
+            if cache.get(self.operator) == key:
+                return
+        except TypeError:  # an object that cannot be weakly referenced: check it every time
+            cache = None
+        probe = torch.randn((2,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        probe = probe.to(device=y.device, dtype=y.dtype)
+        reason = None
+        with torch.no_grad():
+            want = self.operator.A(probe)
+            try:
+                got = physics.A(probe)
+            except Exception as err:  # noqa: BLE001 (any failure means: not this model's operator)
+                reason = f"its A fails on images of shape {shape} ({type(err).__name__}: {err})"
+            else:
+                if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+                    reason = (f"it maps images of shape {shape} to {tuple(getattr(got, 'shape', ()))[1:]}, the "
+                              f"model's operator to {tuple(want.shape[1:])}")
+                else:
+                    diff = float((got - want).norm() / want.norm().clamp_min(torch.finfo(want.dtype).tiny))
+                    if not diff <= SAME_OPERATOR_RTOL:
+                        reason = f"its measurements of probe images differ from the model's by {diff:.3g} (relative)"
+        if reason is not None:
+            raise ValueError(
+                f"this UnrolledInverse was trained for its operator {self.operator!r} and is bound to it; the "
+                f"physics {type(physics).__name__} passed is another operator: {reason}. Call model(y) (or "
+                f"model(y, model.operator)) to use its own operator, model.with_operator(physics) for a copy bound to "
+                f"that physics (its certificate is recomputed for it; its accuracy is not: it was trained for the "
+                f"other operator), or the 'universal' model, which serves any operator")
+        if cache is not None:
+            cache[self.operator] = key
+
+    def with_operator(self, operator) -> "UnrolledInverse":
+        r"""A copy of this model (same weights) bound to another operator.
+
+        Every quantity that depends on the operator follows the new one: ``||A||``, the data-consistency steps
+        :math:`\tau_k = f\,\mathrm{sigmoid}(\theta_k)\, 2 / \|A\|^2`, the first-guess filter on
+        :math:`[0, \|A\|^2]` and therefore :meth:`lipschitz_bound`, which certifies the copy for the new operator.
+        Its accuracy is another matter: the weights were trained for the old one.
+
+        Parameters
+        ----------
+        operator : deepinv.physics.LinearPhysics or anything :func:`invstable.operators.as_operator` takes
+            It must act on images of the model's shape (``image_shape``).
+
+        Raises
+        ------
+        ValueError
+            If the operator does not take images of the model's shape.
+        """
+        new_op = as_operator(operator)
+        if self.image_shape is not None:
+            try:
+                with torch.no_grad():
+                    new_op.A(torch.zeros((1,) + self.image_shape))
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(f"this model is built for images of shape {self.image_shape}, which the operator "
+                                 f"{type(new_op).__name__} does not take ({type(err).__name__}: {err}); build a "
+                                 f"model for that operator's image size") from None
+        # the memo hands the new operator to the copy in place of a copy of the old one
+        new = copy.deepcopy(self, {id(self.operator): new_op})
+        new._filter_cache = None
+        return new
+
     # ------------------------------------------------------------------ certificate
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         """Certified upper bound on ``||model(y1) - model(y2)|| / ||y1 - y2||`` (eval-mode map).
 
-        ``inf`` for the "unconstrained" family. See the class notes for the recursion.
+        ``inf`` for the "unconstrained" family and for a model with a deepinv denoiser block (no certificate,
+        with a warning that says so). See the class notes for the recursion.
         """
+        if self.family == "denoiser":
+            warnings.warn(f"this UnrolledInverse regularises with the deepinv denoiser "
+                          f"{type(self.blocks[0].denoiser).__name__}, which has no certified Lipschitz bound: "
+                          "lipschitz_bound() is inf (no certificate). Use a stable family for a certified model",
+                          UserWarning, stacklevel=3)  # 3: through torch.no_grad's wrapper to the caller
+            return math.inf
         if self.family == "unconstrained":
             return math.inf
         norm_a = self.operator_norm()
@@ -291,7 +428,8 @@ class UnrolledInverse(nn.Module):
     # ------------------------------------------------------------------ training aids
     def time_smoothness(self) -> torch.Tensor:
         """Sum over the blocks of :func:`invstable.nn.time_smoothness` (zero for one-layer blocks)."""
-        terms = [time_smoothness(_inner(b)) for b in self.blocks if self.family != "dense" and self.depth > 1]
+        terms = [time_smoothness(_inner(b)) for b in self.blocks
+                 if self.family not in ("dense", "denoiser") and self.depth > 1]
         if not terms:
             return self.step_logits.new_zeros(())
         return torch.stack(terms).sum()
@@ -299,6 +437,8 @@ class UnrolledInverse(nn.Module):
     def prolong(self) -> "UnrolledInverse":
         """Multi-level training: a model whose blocks have twice the layers at half the step (same map
         up to the discretisation error; see :func:`invstable.nn.prolong`)."""
+        if self.family == "denoiser":
+            raise ValueError("prolong() refines stable networks; a model with a denoiser block has none")
         new = type(self).from_config(self.config(), operator=self.operator)
         new.depth, new.step = 2 * self.depth, self.step / 2
         new.blocks = nn.ModuleList(prolong_network(b) if not isinstance(b, Resampled)
@@ -315,6 +455,8 @@ class UnrolledInverse(nn.Module):
         the model's image size once it is known; ``reseed`` starts them from the fixed seed vector (the
         result is then a function of the weights alone)."""
         for block in self.blocks:
+            if isinstance(block, DenoiserBlock):
+                continue  # no power iterations in a denoiser of deepinv
             f = block.factor if isinstance(block, Resampled) else 1
             size = None if self.image_shape is None else tuple(n // f for n in self.image_shape[-2:])
             refresh_spectral_norms(block, input_size=size, reseed=reseed)
@@ -323,6 +465,10 @@ class UnrolledInverse(nn.Module):
     # ------------------------------------------------------------------ configuration
     def config(self) -> dict:
         """Everything needed to rebuild the model except its weights (the operator as its registry config)."""
+        if self.family == "denoiser":
+            raise ValueError(f"a model with the deepinv denoiser block {type(self.blocks[0].denoiser).__name__} has "
+                             "no invstable configuration (the denoiser is not part of invstable's model format); "
+                             "keep it with torch.save(model.state_dict(), path)")
         return {
             "class": "UnrolledInverse", "family": self.family, "iterations": self.iterations,
             "channels": self.channels, "depth": self.depth, "step": self.step, "max_step": self.max_step,

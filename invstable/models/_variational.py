@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 import torch
+from deepinv.models import Reconstructor
 from torch import nn
 
 from .._warnings import ConvergenceWarning
@@ -72,10 +73,10 @@ class _ImplicitSolve(torch.autograd.Function):
     """``y -> x*(y)`` with the derivative of the minimiser (implicit function theorem on the free pixels)."""
 
     @staticmethod
-    def forward(ctx, y, model, x0):
+    def forward(ctx, y, model, x0, op):
         with torch.no_grad():
-            x, _ = model.solve(y, x0=x0)
-        ctx.model = model
+            x, _ = model.solve(y, x0=x0, physics=op)
+        ctx.model, ctx.op = model, op
         ctx.save_for_backward(x)
         return x
 
@@ -83,12 +84,12 @@ class _ImplicitSolve(torch.autograd.Function):
     def backward(ctx, grad_x):
         (x,) = ctx.saved_tensors
         with torch.no_grad():
-            v = ctx.model._hessian_solve(x, grad_x)
-            grad_y = ctx.model.operator.A(v)
-        return grad_y, None, None
+            v = ctx.model._hessian_solve(x, grad_x, ctx.op)
+            grad_y = ctx.op.A(v)
+        return grad_y, None, None, None
 
 
-class VariationalInverse(nn.Module):
+class VariationalInverse(Reconstructor):
     r"""Minimiser of :math:`\tfrac12\|Ax - y\|^2 + \lambda R_\mu(x) + \tfrac m2\|x\|^2` over a box, for any ``A``.
 
     Parameters
@@ -116,6 +117,11 @@ class VariationalInverse(nn.Module):
 
     Notes
     -----
+    The model is a :class:`deepinv.models.Reconstructor`: ``model(y, physics)`` solves the problem with that
+    deepinv physics (any linear one) in place of the model's operator, so ``deepinv.test`` and ``deepinv.Trainer``
+    run it; the certified constant :math:`1/(2\sqrt m)` holds for every linear ``A``
+    (``lipschitz_bound(physics)``).
+
     The solver is accelerated projected gradient (FISTA) with the gradient restart of O'Donoghue and Candès,
     step :math:`1/L` with the certified :math:`L = \|A\|^2 + \lambda s \|W\|^2 + m`. At a point ``z`` with
     gradient mapping :math:`G = L(z - P_C(z - \nabla F(z)/L))`, strong convexity gives
@@ -167,11 +173,20 @@ class VariationalInverse(nn.Module):
         """Certified upper bound on ``||A||`` (:func:`invstable.operators.norm_bound`)."""
         return norm_bound(self.operator, self.image_shape)
 
-    def lipschitz_bound(self) -> float:
+    def _operator(self, physics):
+        """The operator of a solve: the model's own, or ``physics`` (a deepinv physics or what as_operator takes)."""
+        return self.operator if physics is None or physics is self.operator else as_operator(physics)
+
+    def lipschitz_bound(self, physics=None) -> float:
         r"""Certified Lipschitz constant of the exact minimiser in ``y``:
         :math:`\sup_{0 \le s \le \|A\|} s / (s^2 + m)`, i.e. :math:`1/(2\sqrt m)` when :math:`\sqrt m \le \|A\|`
-        (Tikhonov's constant with :math:`\alpha = m`), for every convex regulariser."""
+        (Tikhonov's constant with :math:`\alpha = m`), for every convex regulariser.
+
+        With ``physics`` (another operator than the model's, as in ``model(y, physics)``): :math:`1/(2\sqrt m)`,
+        which bounds the supremum for every linear ``A``."""
         m = self.strong_convexity
+        if physics is not None and physics is not self.operator:
+            return 1.0 / (2.0 * math.sqrt(m))
         if self.image_shape is not None:
             a = self.operator_norm()
             if a < math.sqrt(m):
@@ -192,38 +207,43 @@ class VariationalInverse(nn.Module):
         return Certificate(self.lipschitz_bound(), 2.0 * per_image)
 
     # ------------------------------------------------------------------ solver
-    def _smoothness(self, like: torch.Tensor) -> float:
-        """Certified Lipschitz constant of the gradient of the smooth part (cached per weights and size)."""
-        key = (tuple(like.shape[-2:]), self.lam, self.strong_convexity, state_version(self.regularizer),
-               state_version(self.operator) if isinstance(self.operator, nn.Module) else id(self.operator))
+    def _smoothness(self, like: torch.Tensor, op) -> float:
+        """Certified Lipschitz constant of the gradient of the smooth part (cached per weights, operator and size)."""
+        key = (tuple(like.shape[-2:]), self.lam, self.strong_convexity, state_version(self.regularizer), id(op),
+               state_version(op) if isinstance(op, nn.Module) else None)
         if self._cache.get("L_key") != key:
             smooth_r = self.regularizer.smoothness(tuple(like.shape[-2:]))
-            self._cache["L"] = self.operator_norm() ** 2 + self.lam * smooth_r + self.strong_convexity
+            self._cache["L"] = norm_bound(op, tuple(like.shape[1:])) ** 2 + self.lam * smooth_r + self.strong_convexity
             self._cache["L_key"] = key
         return self._cache["L"]
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.bounds is None else x.clamp(*self.bounds)
 
-    def _gradient(self, x, aty, kernel):
-        op = self.operator
+    def _gradient(self, x, aty, kernel, op):
         return (op.A_adjoint(op.A(x)) - aty + self.lam * self.regularizer.gradient(x, self.scale, kernel=kernel)
                 + self.strong_convexity * (x - self.reference))
 
-    def _start(self, y: torch.Tensor):
-        aty = self.operator.A_adjoint(y)
+    def _start(self, y: torch.Tensor, op):
+        aty = op.A_adjoint(y)
         if aty.ndim != 4 or aty.shape[1] != 1:
             raise ValueError(f"A^T y has shape {tuple(aty.shape)}; the universal regulariser reconstructs "
                              f"grayscale images (B, 1, H, W)")
-        self.image_shape = tuple(aty.shape[1:])  # ||A|| and the certificate follow the size of the last solve
+        if op is self.operator:  # ||A|| and the certificate follow the size of the last solve with the own operator
+            self.image_shape = tuple(aty.shape[1:])
         return aty
 
     @torch.no_grad()
-    def solve(self, y: torch.Tensor, *, x0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveInfo]:
-        """Minimise to the tolerance; returns the image and a :class:`SolveInfo` (also kept in ``last_solve``)."""
-        aty = self._start(y)
+    def solve(self, y: torch.Tensor, *, x0: torch.Tensor | None = None,
+              physics=None) -> tuple[torch.Tensor, SolveInfo]:
+        """Minimise to the tolerance; returns the image and a :class:`SolveInfo` (also kept in ``last_solve``).
+
+        ``physics``: solve with this operator instead of the model's (a deepinv physics or anything
+        :func:`invstable.operators.as_operator` takes)."""
+        op = self._operator(physics)
+        aty = self._start(y, op)
         kernel = self.regularizer.kernel().detach().to(aty)
-        big_l = self._smoothness(aty)
+        big_l = self._smoothness(aty, op)
         m = self.strong_convexity
         factor = 2.0 / m  # ||z - x*|| <= (1 + sqrt(1 - m / L)) ||G(z)|| / m <= 2 ||G(z)|| / m (docs/universal.md)
         target = self.tol * math.sqrt(math.prod(aty.shape[1:]))
@@ -235,7 +255,7 @@ class VariationalInverse(nn.Module):
         err = torch.full((aty.shape[0],), math.inf, dtype=aty.dtype, device=aty.device)
         it, converged = 0, False
         for it in range(1, self.max_iter + 1):
-            x_new = self._project(z - self._gradient(z, aty, kernel) / big_l)
+            x_new = self._project(z - self._gradient(z, aty, kernel, op) / big_l)
             step = z - x_new
             err = factor * big_l * step.flatten(1).norm(dim=1)
             if bool((err <= target).all()):
@@ -257,11 +277,11 @@ class VariationalInverse(nn.Module):
         return x, info
 
     @torch.no_grad()
-    def _hessian_solve(self, x: torch.Tensor, b: torch.Tensor, *, iterations: int = 300,
+    def _hessian_solve(self, x: torch.Tensor, b: torch.Tensor, op, *, iterations: int = 300,
                        rtol: float = 1e-6) -> torch.Tensor:
         """``v`` with ``(P H P) v = P b`` by conjugate gradients: ``H`` the Hessian of the objective at ``x``, ``P``
         the pixels not at an active bound (those move with ``y``; the others stay at the bound)."""
-        op, reg = self.operator, self.regularizer
+        reg = self.regularizer
         kernel = reg.kernel().detach().to(x)
         curvature = reg.curvature(x, self.scale, kernel=kernel)  # fixed at x: once, not once per CG iteration
         free = torch.ones_like(x)
@@ -293,16 +313,23 @@ class VariationalInverse(nn.Module):
             rr = rr_new
         return v
 
-    def forward(self, y, *, x0=None):
-        """Reconstruct from batched measurements ``y`` (torch or numpy, as the baselines take them);
-        differentiable in ``y`` (implicit differentiation) when ``y`` requires grad."""
-        t, restore = as_measurement(y, self.operator)
+    def forward(self, y, physics=None, *, x0=None, **kwargs):
+        r"""Reconstruct from batched measurements ``y`` (torch or numpy, as the baselines take them);
+        differentiable in ``y`` (implicit differentiation) when ``y`` requires grad.
+
+        ``physics`` (deepinv's ``model(y, physics)``): solve with that linear operator instead of the model's own
+        (the model keeps its own for later calls); the certificate :math:`1/(2\sqrt m)` holds for it too."""
+        if kwargs:
+            raise TypeError(f"VariationalInverse is called as model(y), model(y, physics) or with x0=; got unexpected "
+                            f"keyword argument(s) {sorted(kwargs)}")
+        op = self._operator(physics)
+        t, restore = as_measurement(y, op)
         start = None
         if x0 is not None:
-            start = as_start(x0, tuple(self.operator.A_adjoint(t).shape), t.dtype)
+            start = as_start(x0, tuple(op.A_adjoint(t).shape), t.dtype)
         if torch.is_grad_enabled() and t.requires_grad:
-            return restore(_ImplicitSolve.apply(t, self, start))
-        return restore(self.solve(t, x0=start)[0])
+            return restore(_ImplicitSolve.apply(t, self, start, op))
+        return restore(self.solve(t, x0=start, physics=op)[0])
 
     # ------------------------------------------------------------------ choosing lam, mu, m
     def parameters_dict(self) -> dict:
