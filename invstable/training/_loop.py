@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models._io import ModelFileError, atomic_write, content_digest
+from .._files import atomic_write
+from ..models._io import ModelFileError, content_digest
 from ..models._unrolled import UnrolledInverse
+from ..operators._base import config_of
 
 #: checkpoints with a digest of their content and a record of the run's inputs (operator, data, context)
 CHECKPOINT_FORMAT = "invstable.checkpoint/2"
@@ -241,8 +243,7 @@ def describe_data(dataset) -> dict | None:
         source = dataset.source
         source_config = source.config() if callable(getattr(source, "config", None)) else {
             "type": type(source).__qualname__, "count": len(source)}
-        op_config = getattr(dataset.operator, "config", None)
-        return {"pairs": _json({"source": source_config, "operator": op_config() if callable(op_config) else
+        return {"pairs": _json({"source": source_config, "operator": config_of(dataset.operator) or
                                 type(dataset.operator).__name__, "noise": dataset.noise.config(),
                                 "seed": dataset.seed, "fixed_noise": dataset.fixed_noise, "count": len(dataset)})}
     # of another dataset only its length is known (its class may be a wrapper, e.g. one that logs or fails)
@@ -257,11 +258,7 @@ def run_inputs(model, train_data, validation=None, context: dict | None = None) 
     """What a run is made from besides its settings: the operator's configuration, :func:`describe_data` of the
     training and validation pairs, and ``context`` (e.g. ``{"task": "ct-30"}``). Stored in every checkpoint;
     a resumed run must have the same."""
-    config = getattr(model.operator, "config", None)
-    try:
-        operator = config() if callable(config) else type(model.operator).__name__
-    except NotImplementedError:
-        operator = type(model.operator).__name__
+    operator = config_of(model.operator) or type(model.operator).__name__
     return _json({**(context or {}), "operator": operator, "training data": describe_data(train_data),
                   "validation data": describe_data(validation)})
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models._io import atomic_write
+from .._files import atomic_write
 from ..nn._ridge import ConvexRidgeRegularizer
 
 RIDGE_CHECKPOINT = "invstable.ridge-checkpoint/1"
