@@ -258,7 +258,7 @@ def test_images_flag_errors_are_one_line(dicom_series, tmp_path, capsys):
                  "--out", out]) == 2
     assert "none: not a folder" in capsys.readouterr().err
     assert main(["dataset", "make", "--task", "custom", "--operator", "ct", "--param", "image_size=32",
-                 "--param", "angles=8", "--noise-kind", "log-poisson", "--photons", "1000", "--images", str(dicom_series),
-                 "--out", out]) == 2
+                 "--param", "angles=8", "--noise-kind", "log-poisson", "--photons", "1000",
+                 "--images", str(dicom_series), "--out", out]) == 2
     assert "kind='log-poisson' needs attenuation > 0" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
