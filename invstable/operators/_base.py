@@ -137,8 +137,9 @@ class Operator(LinearPhysics):
             y = self.A(torch.zeros((1, *x_shape[1:]), device=device_of(self)))
         return (x_shape[0], *y.shape[1:])
 
-    def _expected(self, shape: tuple[int, ...] | None) -> str:
-        return "any shape" if shape is None else f"(B, {'..., ' if len(shape) == 2 else ''}{', '.join(map(str, shape))})"
+    @staticmethod
+    def _expected(shape: tuple[int, ...]) -> str:
+        return f"(B, {', '.join(map(str, shape))})"
 
     def check_image(self, x: torch.Tensor, name: str = "x") -> None:
         """Refuse what cannot be an image of this operator: a bad tensor, or trailing axes other than
