@@ -163,6 +163,28 @@ def test_unknown_operator_and_source_parameters_name_the_ones_taken(tmp_path, ca
     assert "source 'ellipses' has no parameter 'colour'" in err and "size, count, seed" in err
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--param", "angles=1.5", "angles=1.5 is a single non-integer value"),
+    ("--source-param", "seed=1.5", "seed must be an int"),
+])
+def test_a_value_of_the_wrong_type_is_the_users_mistake_named_by_its_flag(flag, value, message, tmp_path, capsys):
+    """The operator or source refuses it with a TypeError; the command reports it in one line naming the flag
+    (a TypeError from the library itself is a bug and keeps its traceback)."""
+    assert main(_custom(tmp_path / "d.h5", flag, value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"invstable dataset make: error: {flag} ")
+    assert value in err and message in err
+
+
+def test_reconstruct_names_the_flag_of_a_value_of_the_wrong_type(sino, tmp_path, capsys):
+    argv = _fbp(sino, tmp_path / "x.npy", "--param", "angles=1.5")
+    del argv[argv.index("--angles"):argv.index("--angles") + 2]  # else --angles 7 would replace the value
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("invstable reconstruct: error: --param ") and "angles=1.5 is a single non-integer" in err
+    assert not (tmp_path / "x.npy").exists()
+
+
 def test_dataset_make_of_a_huge_image_is_refused_before_allocating(tmp_path, capsys):
     args = ["dataset", "make", "--task", "custom", "--operator", "ct", "--param", "image_size=30000",
             "--param", "angles=30", "--noise-level", "0.05", "--source", "ellipses", "--source-param", "size=30000",
