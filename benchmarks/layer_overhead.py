@@ -17,6 +17,7 @@ import torch
 
 import invstable.nn as inn
 from benchmarks._common import environment, time_interleaved, write_result
+from invstable.evaluation import train_step_fn
 
 FAMILIES = {
     "gradient_flow": ("gradient_flow", {}),
@@ -50,18 +51,6 @@ def build(name, constrained, *, channels, depth, device):
     family, options = FAMILIES[name]
     return inn.stable_network(family, channels=channels, depth=depth, constrained=constrained, rng=rng,
                               device=device, **options)
-
-
-def train_step_fn(model, x, target):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = ((model(x) - target) ** 2).mean()
-        loss.backward()
-        opt.step()
-    return step
 
 
 def main(argv=None):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import RESULTS, environment, write_result
-from benchmarks._methods import LAMBDAS, ALPHAS, pairs, psnr, tune
+from invstable.evaluation import ALPHAS, LAMBDAS, pairs, psnr, scores, tune
 from invstable import Tikhonov, load_model, tikhonov, tv
 from invstable.data import task as get_task
 from invstable.operators import Blur, ParallelBeamCT, gaussian_kernel
@@ -91,8 +91,6 @@ def _case_data(name):
 
 
 def _score(x_hat, x):
-    from benchmarks.quality import scores
-
     s = scores(x_hat, x)
     return {f"{k}_mean": float(v.mean()) for k, v in s.items()} | {"psnr_std": float(s["psnr"].std())}
 

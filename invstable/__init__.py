@@ -12,6 +12,7 @@ from .baselines import choose_alpha as choose_alpha
 from .baselines import fbp as fbp
 from .baselines import tikhonov as tikhonov
 from .baselines import tv as tv
+from .evaluation import evaluate as evaluate
 from .models import UnrolledInverse as UnrolledInverse
 from .models import VariationalInverse as VariationalInverse
 from .models import list_models as list_models

@@ -1,9 +1,11 @@
-"""benchmarks/quality.py: scores and the target checks (the full run is a benchmark, not a test)."""
+"""The quality benchmark (invstable.evaluation): scores and the target checks (the full run is a benchmark, not a
+test)."""
 
 import numpy as np
 import torch
 
-from benchmarks.quality import scores, targets
+from invstable.evaluation import scores
+from invstable.evaluation._quality import targets
 
 
 def test_scores_of_a_perfect_and_a_noisy_reconstruction():

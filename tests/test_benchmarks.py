@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/: each benchmark at a tiny size, its JSON schema, every method present, the page.
+"""Smoke tests of the benchmarks (invstable.evaluation, run through the thin scripts of benchmarks/): each benchmark
+at a tiny size, its JSON schema, every method present, the page.
 
 No test asserts a timing. The sizes are far below the protocol's: these tests check the plumbing, the
 benchmarks themselves make the figures.
@@ -10,11 +11,15 @@ import math
 import pytest
 import torch
 
-from benchmarks import _methods, quality, report, speed, stability
-from benchmarks._methods import learned
-from benchmarks.peer import RECIPE, load_peer, train_peer, weights_path
-from invstable import list_models
+from benchmarks import quality, report, speed, stability
+from benchmarks._common import RESULTS
+from invstable import evaluation, list_models
 from invstable.cli import main as cli_main
+from invstable.data import task as get_task
+from invstable.evaluation import PEER_RECIPE as RECIPE
+from invstable.evaluation import _methods, _quality, _report, _speed, _stability
+from invstable.evaluation import learned, load_peer, train_peer
+from invstable.evaluation import peer_weights_path as weights_path
 
 TASK = "ct-30"
 
@@ -37,7 +42,7 @@ def results(tmp_path_factory):
 
 def test_the_peer_weights_are_shipped_and_load_without_code():
     for task in RECIPE:
-        model, record = load_peer(task)
+        model, record = load_peer(task, weights_path(task, RESULTS))
         assert record["task"] == task and record["recipe"]["steps"] == RECIPE[task]["steps"]
         assert math.isfinite(record["validation_psnr"])
         assert sum(p.numel() for p in model.parameters()) < 20_000  # sized like invstable's models
@@ -77,7 +82,7 @@ def test_quality_resume_keeps_tasks_of_the_same_size_only(results, monkeypatch):
     def evaluate(name, **_):
         calls.append(name)
         raise RuntimeError("evaluated afresh")
-    monkeypatch.setattr(quality, "evaluate_task", evaluate)
+    monkeypatch.setattr(_quality, "evaluate_task", evaluate)
     with pytest.raises(RuntimeError, match="afresh"):  # another validation size: not kept
         quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=3, n_test=2, resume=True,
                     log=lambda *_: None)
@@ -99,7 +104,7 @@ def test_stability_smoke(results):
     on_disk = json.loads((results / "stability.json").read_text())
     assert on_disk["complete"] and not on_disk["settings"]["protocol"]
     methods = {m["method"]: m for m in on_disk["tasks"][0]["methods"]}
-    assert set(_expected_methods(with_ramp=False)) - set(stability.SKIPPED) <= set(methods)
+    assert set(_expected_methods(with_ramp=False)) - set(_stability.SKIPPED) <= set(methods)
     for m in methods.values():
         assert [e["eta"] for e in m["per_eta"]] == [0.05]
         assert m["pairs_checked"] == 3 and m["empirical_lipschitz"] > 0  # random + the two searches, 1 image
@@ -114,7 +119,7 @@ def test_stability_smoke(results):
 def test_stability_resume_keeps_measured_methods(results, monkeypatch):
     # same settings as the smoke run: nothing is measured again
     calls = []
-    monkeypatch.setattr(stability, "evaluate_method", lambda *a, **k: calls.append(a[0].name))
+    monkeypatch.setattr(_stability, "evaluate_method", lambda *a, **k: calls.append(a[0].name))
     stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2, restarts=1,
                   etas=[0.05], validation=2, resume=True, log=lambda *_: None)
     assert calls == []
@@ -129,7 +134,7 @@ def test_stability_figures_with_tasks_of_different_method_counts(tmp_path):
                  "empirical_lipschitz": 1.0, "lipschitz_bound": 2.0} for i in range(n_methods)]
         return {"task": f"t{n_methods}", "methods": rows, "_truth": np.zeros((4, 4)),
                 "_examples": {r["method"]: {"image": np.ones((4, 4))} for r in rows}}
-    stability._figure([task(3), task(1)], tmp_path)
+    _stability._figure([task(3), task(1)], tmp_path)
     assert (tmp_path / "stability.png").stat().st_size > 0 and (tmp_path / "stability_examples.png").stat().st_size > 0
 
 
@@ -144,7 +149,7 @@ def test_speed_smoke(results):
     timed = {m["method"] for m in run["throughput"][0]["methods"]}
     assert set(_expected_methods()) <= timed
     assert {m["model"] for m in run["operator_floor"][0]["models"]} == {m.name for m in learned(TASK)}
-    assert {f["family"] for f in run["training_overhead"][0]["families"]} == set(speed.STABLE_FAMILIES)
+    assert {f["family"] for f in run["training_overhead"][0]["families"]} == set(_speed.STABLE_FAMILIES)
     assert len(on_disk["targets"]) == 2 and (results / "speed.png").stat().st_size > 0
 
 
@@ -171,20 +176,20 @@ def test_benchmark_command_errors(tmp_path, capsys):
 
 def test_benchmark_command_passes_its_options(tmp_path, monkeypatch):
     seen = {}
-    for module in (quality, stability, speed):
-        monkeypatch.setattr(module, "run", lambda name=module.__name__, **kw: seen.setdefault(name, kw))
+    for name in ("quality", "stability", "speed"):
+        monkeypatch.setitem(evaluation.BENCHMARKS, name, lambda name=name, **kw: seen.setdefault(name, kw))
     cli_main(["benchmark", "--quick", "--results-dir", str(tmp_path), "--resume", "--images", "3", "--tasks", TASK])
-    assert seen["benchmarks.quality"]["resume"] and seen["benchmarks.stability"]["resume"]
-    assert seen["benchmarks.stability"]["images"] == 3 and "resume" not in seen["benchmarks.speed"]
+    assert seen["quality"]["resume"] and seen["stability"]["resume"]
+    assert seen["stability"]["images"] == 3 and "resume" not in seen["speed"]
     assert all(kw["tasks"] == (TASK,) and kw["quick"] for kw in seen.values())
     assert (tmp_path / "benchmarks.md").is_file()
 
 
 def test_baselines_rebuild_on_another_operator_to_the_same_reconstructor(results):
     # what speed.py uses to time them on a GPU: same weight and iterations on the moved operator
-    from benchmarks._methods import baselines
+    from invstable.evaluation import baselines
     methods, _ = baselines(TASK, n_val=2, quick=True, exact_bounds=False)
-    op = quality.get_task(TASK).operator
+    op = get_task(TASK).operator
     y = op.A(torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(1)))
     for m in methods:
         assert m.rebuild is not None, m.name
@@ -194,10 +199,10 @@ def test_baselines_rebuild_on_another_operator_to_the_same_reconstructor(results
 
 def test_baselines_are_differentiable_like_the_models(results):
     # what lets invstable.stability attack them: gradients reach y
-    from benchmarks._methods import baselines
+    from invstable.evaluation import baselines
 
     methods, _ = baselines(TASK, n_val=2, quick=True, exact_bounds=False)
-    y = quality.get_task(TASK).pairs("test").sample(0)[1][None].requires_grad_(True)
+    y = get_task(TASK).pairs("test").sample(0)[1][None].requires_grad_(True)
     for m in methods:
         if m.name.startswith(("FBP", "Tikhonov")):
             grad, = torch.autograd.grad(m.reconstruct(y).square().sum(), y)
@@ -211,21 +216,23 @@ def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monk
               "tikhonov_gradient": {"alpha": 0.02, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS)},
               "tv": {"lambda": 0.001, "max_iter": 300, "n_validation": 8, "validation_psnr": curve(_methods.LAMBDAS)}}
     payload = {"environment": {"git_commit": "abc"}, "tasks": [{"task": "ct-30", "tuning": tuning}]}
-    (tmp_path / "quality.json").write_text(json.dumps(payload))
-    monkeypatch.setattr(_methods, "RESULTS", tmp_path)
-    got = _methods._published_tuning("ct-30", 32, quick=False)
+    folder = tmp_path / "benchmarks" / "results"  # the reference folder, shown relative to the current one
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    (folder / "quality.json").write_text(json.dumps(payload))
+    got = _methods._published_tuning("ct-30", 32, False, folder)
     assert got["tv"]["lambda"] == 0.001 and got["source"].startswith("benchmarks/results/quality.json")
-    assert _methods._published_tuning("blur-g2", 32, quick=False) is None  # another task
-    assert _methods._published_tuning("ct-30", 16, quick=False) is None  # other validation images
-    assert _methods._published_tuning("ct-30", 32, quick=True) is None  # other budgets
+    assert _methods._published_tuning("blur-g2", 32, False, folder) is None  # another task
+    assert _methods._published_tuning("ct-30", 16, False, folder) is None  # other validation images
+    assert _methods._published_tuning("ct-30", 32, True, folder) is None  # other budgets
     tuning["tv"]["validation_psnr"] = curve(_methods.LAMBDAS[:3])
-    (tmp_path / "quality.json").write_text(json.dumps(payload))
-    assert _methods._published_tuning("ct-30", 32, quick=False) is None  # another grid
+    (folder / "quality.json").write_text(json.dumps(payload))
+    assert _methods._published_tuning("ct-30", 32, False, folder) is None  # another grid
 
 
 def test_report_flags_weights_tuned_at_the_end_of_their_grid():
     curve = [[1e-4, 30.0], [1e-3, 29.0], [1e-2, 28.0]]
-    notes = report._grid_edges({"tv": {"lambda": 1e-4, "validation_psnr": curve},
+    notes = _report._grid_edges({"tv": {"lambda": 1e-4, "validation_psnr": curve},
                                 "tikhonov_identity": {"alpha": 1e-3, "validation_psnr": curve}})
     assert len(notes) == 2 and "tv lambda = 0.0001 is at the lower end" in notes[0]
-    assert report._grid_edges({"tv": {"lambda": 1e-3, "validation_psnr": curve}}) == []
+    assert _report._grid_edges({"tv": {"lambda": 1e-3, "validation_psnr": curve}}) == []

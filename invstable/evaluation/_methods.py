@@ -3,6 +3,9 @@
 Each :class:`Method` is a reconstructor ``y -> x`` on batched tensors, differentiable in ``y`` (so the
 adversarial search of :mod:`invstable.stability` can attack it), with its Lipschitz bound and what kind of
 bound it is. Regularisation weights are tuned on the validation split, never on the test split.
+
+``reference_dir`` (where it is asked for) is the folder of earlier results that a run may reuse: the quality
+run's tuning (:func:`tuned`) and the deepinv peer's weights (:func:`peer`); ``None`` reuses nothing.
 """
 
 from __future__ import annotations
@@ -10,15 +13,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from benchmarks._common import RESULTS
-from invstable import Tikhonov, fbp, list_models, load_model, tikhonov, tv
-from invstable.data import task as get_task
-from invstable.training import psnr as training_psnr
+from ..baselines import Tikhonov, fbp, tikhonov, tv
+from ..data import task as get_task
+from ..models import list_models, load_model
+from ._metrics import psnr
+from ._peer import RECIPE as PEER_RECIPE
+from ._peer import load_peer, weights_path
+from ._record import shown
 
 #: pretrained models of each task (names start with the prefix); CT-180 has none (baselines only)
 MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None}
@@ -57,11 +64,6 @@ def pairs(dataset, count: int | None):
     return torch.stack(xs), torch.stack(ys), torch.stack(sigmas)
 
 
-def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> np.ndarray:
-    """PSNR (data range 1) of each image, the reconstruction clipped to [0, 1], in double precision."""
-    return training_psnr(x_hat.detach().clamp(0, 1).double().cpu(), x.double().cpu()).numpy()
-
-
 def tune(values, run, x_val):
     """The value of ``values`` with the best mean validation PSNR, and the curve (never the test set)."""
     best, curve = None, []
@@ -78,12 +80,24 @@ _TUNING: dict = {}
 _BOUNDS: dict = {}
 
 
-def tuned(name: str, *, n_val: int | None, quick: bool) -> dict:
+def tuned(name: str, *, n_val: int | None, quick: bool, reference_dir: str | Path | None = None) -> dict:
     """Tikhonov's alpha (identity, gradient) and TV's lambda with the best mean PSNR on the first ``n_val``
-    validation images, with the curves; computed once per process for the same arguments."""
-    key = (name, n_val, quick, ITERATIONS[quick])
+    validation images, with the curves; computed once per process for the same arguments, or taken from
+    ``reference_dir/quality.json`` when that recorded the same computation.
+
+    ``n_val=0`` tunes nothing: every weight is the middle of its grid (a smoke run of the speed benchmark, whose
+    timings need weights, not good ones); the record says so.
+    """
+    if n_val == 0:
+        max_iter, tv_iter = ITERATIONS[quick]
+        middle = lambda grid: float(grid[len(grid) // 2])  # noqa: E731
+        return {"n_validation": 0, "untuned": "no validation images: the middle of each grid (a smoke run)",
+                **{f"tikhonov_{reg}": {"alpha": middle(ALPHAS), "max_iter": max_iter, "validation_psnr": []}
+                   for reg in ("identity", "gradient")},
+                "tv": {"lambda": middle(LAMBDAS), "max_iter": tv_iter, "n_validation": 0, "validation_psnr": []}}
+    key = (name, n_val, quick, ITERATIONS[quick], None if reference_dir is None else str(Path(reference_dir).resolve()))
     if key not in _TUNING:
-        _TUNING[key] = _published_tuning(name, n_val, quick)
+        _TUNING[key] = None if reference_dir is None else _published_tuning(name, n_val, quick, reference_dir)
     if _TUNING[key] is None:
         spec = get_task(name)
         op = spec.operator
@@ -115,10 +129,10 @@ def same_tuning(tuning: dict, n_val: int, quick: bool) -> bool:
         return False
 
 
-def _published_tuning(name: str, n_val: int | None, quick: bool) -> dict | None:
-    """The tuning recorded in ``benchmarks/results/quality.json`` when it is :func:`same_tuning` (the other
-    benchmarks reuse it: TV's tuning costs many minutes on a CPU), else None."""
-    path = RESULTS / "quality.json"
+def _published_tuning(name: str, n_val: int | None, quick: bool, folder: str | Path) -> dict | None:
+    """The tuning recorded in ``folder/quality.json`` when it is :func:`same_tuning` (the other benchmarks reuse
+    it: TV's tuning costs many minutes on a CPU), else None."""
+    path = Path(folder) / "quality.json"
     if quick or n_val is None or not path.is_file():
         return None
     payload = json.loads(path.read_text())
@@ -126,7 +140,7 @@ def _published_tuning(name: str, n_val: int | None, quick: bool) -> dict | None:
         tuning = t.get("tuning", {})
         if t.get("task") == name and same_tuning(tuning, n_val, quick):
             commit = str(payload.get("environment", {}).get("git_commit", "?"))[:10]
-            return {**tuning, "source": f"benchmarks/results/quality.json (commit {commit})"}
+            return {**tuning, "source": f"{shown(path)} (commit {commit})"}
     return None
 
 
@@ -144,7 +158,7 @@ def _tikhonov_bound(name, op, alpha, reg, exact):
 
 
 def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool = True,
-              gradient_bound: bool | None = None) -> tuple[list[Method], dict]:
+              gradient_bound: bool | None = None, reference_dir: str | Path | None = None) -> tuple[list[Method], dict]:
     """FBP (CT), Tikhonov (identity, gradient) and TV with weights tuned on ``n_val`` validation images.
 
     Returns the methods and the tuning record (the validation curves). ``exact_bounds`` computes Tikhonov's
@@ -152,7 +166,7 @@ def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool =
     ``gradient_bound=True``).
     """
     op = get_task(name).operator
-    tuning = tuned(name, n_val=n_val, quick=quick)
+    tuning = tuned(name, n_val=n_val, quick=quick, reference_dir=reference_dir)
     methods = []
     if name.startswith("ct"):
         for filt in ("ramp", "hann"):
@@ -192,13 +206,11 @@ def learned(name: str, models: list[str] | None = None) -> list[Method]:
     return out
 
 
-def peer(name: str) -> list[Method]:
-    """The deepinv peer of ``name`` when its trained weights are there (benchmarks/peer.py), else nothing."""
-    from benchmarks.peer import RECIPE, load_peer, weights_path  # noqa: PLC0415
-
-    if name not in RECIPE or not weights_path(name).is_file():
+def peer(name: str, reference_dir: str | Path | None) -> list[Method]:
+    """The deepinv peer of ``name`` when its trained weights are in ``reference_dir``, else nothing."""
+    if reference_dir is None or name not in PEER_RECIPE or not weights_path(name, reference_dir).is_file():
         return []
-    model, record = load_peer(name)
+    model, record = load_peer(name, weights_path(name, reference_dir))
     model.requires_grad_(False)
     return [Method("deepinv unrolled PGD + DnCNN", "peer", model, lambda: math.inf, "no certificate",
                    {"validation_psnr": record["validation_psnr"], "steps": record["recipe"]["steps"]},

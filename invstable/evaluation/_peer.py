@@ -1,0 +1,150 @@
+"""The deepinv peer: what a user would pick instead of invstable (PROTOCOLS.md, "Methods compared").
+
+deepinv's unrolled proximal gradient descent (``deepinv.unfolded.unfolded_builder("PGD")``) with a DnCNN
+prior shared by the iterations and learned step sizes, trained on the same data, with the same batch size,
+step budget, optimiser, schedule, gradient clipping and validation as the shipped invstable models
+(``scripts/train_pretrained.sh``). The DnCNN is sized like the invstable models (depth 5, 16 features,
+7 265 weights against their ~7 000): the comparison is at equal size and budget, not against deepinv's
+full-size DnCNN (668 k weights, far beyond 1 500 steps on 2 CPU cores). Nothing here is written by hand
+that deepinv already does; this module only trains, stores and loads it.
+
+Weights: ``<folder>/peer-<task>.safetensors`` (safetensors; the header records the recipe and the validation
+PSNR; the source checkout keeps them in ``benchmarks/results``). Loading never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import task as get_task
+from ..models._io import atomic_write
+from ..training import batch_indices, psnr
+
+FORMAT = "invstable.benchmarks.peer/1"
+#: the shipped models' budget and recipe (scripts/train_pretrained.sh)
+RECIPE = {
+    "ct-30": {"iterations": 6, "steps": 1500},
+    "blur-g2": {"iterations": 5, "steps": 1000},
+}
+COMMON = {"depth": 5, "features": 16, "batch_size": 8, "lr": 2e-3, "final_lr_ratio": 0.05, "grad_clip": 1.0,
+          "validate_every": 100, "validation_count": 32, "seed": 0}
+
+
+class DeepinvPeer(nn.Module):
+    """``y -> x`` with deepinv's unrolled PGD + DnCNN on a fixed operator (a plain reconstructor callable)."""
+
+    def __init__(self, operator, *, iterations: int, depth: int = 5, features: int = 16):
+        super().__init__()
+        from deepinv.models import DnCNN  # noqa: PLC0415
+        from deepinv.optim import PnP  # noqa: PLC0415
+        from deepinv.optim.data_fidelity import L2  # noqa: PLC0415
+        from deepinv.unfolded import unfolded_builder  # noqa: PLC0415
+
+        denoiser = DnCNN(1, 1, depth=depth, nf=features, pretrained=None)
+        self.net = unfolded_builder(
+            "PGD", params_algo={"stepsize": [1.0] * iterations, "g_param": [0.01] * iterations},
+            trainable_params=["stepsize", "g_param"], data_fidelity=L2(), prior=PnP(denoiser=denoiser),
+            max_iter=iterations)
+        self.operator = operator
+        self.recipe = {"iterations": iterations, "depth": depth, "features": features}
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y, self.operator)
+
+
+def weights_path(task: str, folder: str | Path) -> Path:
+    """Where the peer of ``task`` is stored in ``folder``: ``folder/peer-<task>.safetensors``."""
+    return Path(folder) / f"peer-{task}.safetensors"
+
+
+def _pairs(dataset, indices, device):
+    xs, ys = zip(*(dataset[int(i)] for i in indices))
+    return torch.stack(xs).to(device), torch.stack(ys).to(device)
+
+
+def train_peer(task: str, *, out: str | Path, steps: int | None = None, threads: int | None = None,
+               validation_count: int | None = None, device: str = "cpu", log=print) -> dict:
+    """Train the peer of ``task`` with the shipped models' recipe; write its weights atomically; return the record."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    if task not in RECIPE:
+        raise ValueError(f"task must be one of {sorted(RECIPE)}, got {task!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = dict(COMMON, **RECIPE[task])
+    if steps is not None:
+        cfg["steps"] = steps
+    if validation_count is not None:
+        cfg["validation_count"] = validation_count
+    spec = get_task(task)
+    dev = torch.device(device)
+    model = DeepinvPeer(spec.operator, iterations=cfg["iterations"], depth=cfg["depth"],
+                        features=cfg["features"]).to(dev)
+    train_data, val_data = spec.pairs("train"), spec.pairs("validation")
+    n_val = min(cfg["validation_count"], len(val_data))
+    xv, yv = _pairs(val_data, range(n_val), dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    r = cfg["final_lr_ratio"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(s / cfg["steps"], 1.0))))
+
+    def validate():
+        model.eval()
+        with torch.no_grad():
+            value = float(torch.cat([psnr(model(yv[i:i + 8]), xv[i:i + 8]) for i in range(0, n_val, 8)]).mean())
+        model.train()
+        return value
+
+    best = {"psnr": -math.inf, "step": 0, "state": None}
+    history, start = [], time.perf_counter()
+    for step in range(cfg["steps"]):
+        x, y = _pairs(train_data, batch_indices(cfg["seed"], step, len(train_data), cfg["batch_size"]), dev)
+        loss = (model(y) - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        sched.step()
+        if (step + 1) % cfg["validate_every"] == 0 or step + 1 == cfg["steps"]:
+            value = validate()
+            history.append({"step": step + 1, "loss": float(loss), "validation_psnr": value})
+            log(f"peer {task} step {step + 1}/{cfg['steps']} loss {float(loss):.5f} validation PSNR {value:.2f}")
+            if value > best["psnr"]:
+                best = {"psnr": value, "step": step + 1,
+                        "state": {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}}
+    record = {"format": FORMAT, "task": task, "recipe": cfg, "best_step": best["step"],
+              "validation_psnr": best["psnr"], "train_seconds": round(time.perf_counter() - start, 1),
+              "threads": torch.get_num_threads(), "history": history}
+    atomic_write(weights_path(task, out),
+                 lambda tmp: save_file(best["state"], tmp, metadata={"invstable": json.dumps(record)}))
+    return record
+
+
+def load_peer(task: str, path: str | Path) -> tuple[DeepinvPeer, dict]:
+    """The trained peer of ``task`` stored at ``path`` and its training record; a clear error when there is none.
+
+    Safetensors (tensors and a JSON header): loading never runs code.
+    """
+    from safetensors import safe_open  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no deepinv peer weights at {path}; train them with "
+                                f"`python -m benchmarks.peer --task {task}`")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("invstable", "{}"))
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != FORMAT or meta.get("task") != task:
+        raise ValueError(f"{path} is not deepinv-peer weights for {task!r} "
+                         f"(format {meta.get('format')!r}, task {meta.get('task')!r})")
+    recipe = meta["recipe"]
+    model = DeepinvPeer(get_task(task).operator, iterations=recipe["iterations"], depth=recipe["depth"],
+                        features=recipe["features"])
+    model.load_state_dict(state, strict=True)
+    return model.eval(), meta

@@ -1,0 +1,237 @@
+"""Stability to perturbations of the measurements (PROTOCOLS.md, "Stability"; Genzel, Macdonald & März 2022,
+Antun et al. 2020).
+
+For every method of the benchmarks (FBP, Tikhonov, TV, each shipped model, the deepinv peer), on the first
+test images of a task and relative noise levels eta (of ||y||):
+
+- random: a Gaussian perturbation of norm eta ||y||, PSNR against the truth;
+- adversarial: :func:`invstable.stability.adversarial_perturbation` (projected Adam, random starts, worst kept)
+  maximising ||R(y + d) - R(y)||, and again maximising ||R(y + d) - x``; PSNR against the truth of both;
+- the empirical Lipschitz ratio ||R(y + d) - R(y)|| / ||d|| of every perturbation tried, its maximum, the
+  method's bound (certified for the stable models, the exact constant for Tikhonov) and the count of
+  violations (a ratio above a certified bound), which must be 0.
+
+Every method but TV is attacked the same way, through autograd: Tikhonov by implicit differentiation, FBP as
+the linear map it is, the networks as networks. TV is evaluated at the perturbations found for Tikhonov
+(identity, validation alpha; a transfer attack): differentiating through its 300 FISTA x 20 prox iterations takes
+minutes and gigabytes per Adam step on a CPU (measured: a 2-image, 5-step search had not finished in 10
+minutes, at 7 GB), so TV's adversarial figures are weaker lower bounds than the others'.
+
+The protocol size (20 images, eta in {0.5, 1, 2, 5} %, 200 steps x 3 starts, both objectives) is the default;
+``--images/--steps/--restarts/--etas`` shrink it and the JSON records the settings actually used, with
+``"protocol": false`` when they are below the protocol. ``--resume`` keeps the methods already measured with
+the same settings (results are written after each method).
+
+Run it with ``invstable benchmark --only stability`` or, in the source checkout, ``python -m benchmarks.stability``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import task as get_task
+from ._evaluate import STABILITY_PROTOCOL, perturbation_study, stats
+from ._methods import baselines, learned, pairs, peer
+from ._record import environment, results_folder, write_result
+
+PROTOCOL = {**STABILITY_PROTOCOL, "validation": 32}
+QUICK = {"images": 2, "etas": [0.01, 0.05], "steps": 5, "restarts": 1, "validation": 8}
+REFERENCE = "Tikhonov (identity, validation alpha)"
+#: TV is attacked with the perturbations found for this method: a search through TV's unrolled solver
+#: (300 FISTA x 20 prox iterations) is out of reach on a CPU (minutes and gigabytes per step)
+TRANSFER_SOURCE = REFERENCE
+#: left out of the stability protocol: FBP with the ramp filter (the Hann one is what a user runs) and Tikhonov
+#: with the gradient regulariser (CG on CT costs seconds per attack step; the identity one is the reference)
+SKIPPED = ("FBP (Ramp)", "Tikhonov (gradient, validation alpha)")
+
+
+def evaluate_method(method, x, y, settings: dict, *, batch: int = 10, seed: int = 0,
+                    transfer: dict | None = None, found: dict | None = None) -> dict:
+    """The random and adversarial protocol (:func:`perturbation_study`) for one method on the images ``x``
+    (measurements ``y``), with its bound, the ratio to it and the violations.
+
+    With ``transfer`` (the perturbations ``found`` for another method, by (batch start, eta, objective)), no
+    search runs on this method: it is evaluated at those perturbations (a transfer attack, a weaker lower
+    bound). ``found``, when given, collects this method's perturbations in that form.
+    """
+    start = time.perf_counter()
+    study = perturbation_study(method.reconstruct, x, y, etas=settings["etas"], steps=settings["steps"],
+                               restarts=settings["restarts"], batch=batch, seed=seed, transfer=transfer, found=found)
+    bound = method.bound()
+    ratios = study["ratios"]
+    certified = method.bound_kind == "certified"
+    finite = bound is not None and math.isfinite(bound)
+    return {
+        "method": method.name, "kind": method.kind, "settings": settings, **method.extra,
+        "attack": "search on this method" if transfer is None else f"transfer from {TRANSFER_SOURCE}",
+        "clean_psnr": stats(study["clean"]), "per_eta": study["per_eta"],
+        "empirical_lipschitz": float(ratios.max()), "pairs_checked": int(ratios.size),
+        "lipschitz_bound": bound, "bound_kind": method.bound_kind,
+        "ratio_to_bound": float(ratios.max() / bound) if finite else None,
+        "violations": int((ratios > bound).sum()) if certified and finite else None,
+        "seconds": round(time.perf_counter() - start, 1),
+        "_example": study["example"],
+    }
+
+
+def _settings(quick: bool, overrides: dict) -> dict:
+    s = dict(QUICK if quick else PROTOCOL)
+    s.update({k: v for k, v in overrides.items() if v is not None})
+    s["etas"] = [float(e) for e in s["etas"]]
+    s["protocol"] = (s["images"] >= PROTOCOL["images"] and s["steps"] >= PROTOCOL["steps"]
+                     and s["restarts"] >= PROTOCOL["restarts"] and set(PROTOCOL["etas"]) <= set(s["etas"]))
+    return s
+
+
+def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: dict | None = None, on_method=None,
+                  log=print, reference_dir: str | Path | None = None) -> dict:
+    """Every method of the stability protocol on the first ``settings["images"]`` test images of ``name``;
+    ``previous`` (an earlier run's task) keeps the methods measured with the same settings."""
+    spec = get_task(name)
+    x, y, _ = pairs(spec.pairs("test"), settings["images"])
+    methods, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
+                                reference_dir=reference_dir)
+    methods = [m for m in methods if m.name not in SKIPPED]
+    methods += learned(name) + peer(name, reference_dir)
+    done = {r["method"]: r for r in (previous or {}).get("methods", []) if r.get("settings") == settings}
+    result = {"task": name, "images": int(len(x)), "tuning": tuning, "methods": [], "_examples": {},
+              "_truth": x[0, 0].numpy()}
+    methods.sort(key=lambda m: m.name != TRANSFER_SOURCE)  # its perturbations are reused for TV
+    found: dict = {}
+    source_needed = any(m.name.startswith("TV") and m.name not in done for m in methods)
+    for m in methods:
+        transfer = found if m.name.startswith("TV") else None
+        if m.name in done and not (m.name == TRANSFER_SOURCE and source_needed):
+            log(f"stability: {name} {m.name}: kept from the previous run")
+            result["methods"].append(done[m.name])
+            continue
+        row = evaluate_method(m, x, y, settings, transfer=transfer,
+                              found=found if m.name == TRANSFER_SOURCE else None)
+        result["_examples"][m.name] = row.pop("_example")
+        result["methods"].append(row)
+        log(f"stability: {name} {m.name}: max ratio {row['empirical_lipschitz']:.3f} bound {row['lipschitz_bound']} "
+            f"violations {row['violations']} ({row['seconds']:.0f} s)")
+        if on_method is not None:
+            on_method(result)
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(result: dict) -> list[dict]:
+    """Zero violations; at the largest eta the stable models lose no more PSNR under the adversarial search
+    against the truth than Tikhonov (validation alpha); certified bound at most twice Tikhonov's exact constant."""
+    rows = {r["method"]: r for r in result["methods"]}
+    out = [{"model": "all", "target": "zero certificate violations",
+            "value": sum(r["violations"] or 0 for r in rows.values()), "met": all(not r["violations"] for r in rows.values())}]
+    ref = rows.get(REFERENCE)
+    for r in rows.values():
+        if r["kind"] != "learned" or r["bound_kind"] != "certified":
+            continue
+        if ref is not None:
+            loss, ref_loss = r["per_eta"][-1]["adversarial_x_loss_db"], ref["per_eta"][-1]["adversarial_x_loss_db"]
+            out.append({"model": r["method"], "target": f"adversarial PSNR loss at eta = {r['per_eta'][-1]['eta']:g} "
+                        "<= Tikhonov's", "value": round(loss, 3), "reference": round(ref_loss, 3),
+                        "met": bool(loss <= ref_loss)})
+            if ref["bound_kind"] == "exact constant":
+                ratio = r["lipschitz_bound"] / ref["lipschitz_bound"]
+                out.append({"model": r["method"], "target": "bound at most twice Tikhonov's exact constant",
+                            "value": round(ratio, 3), "met": bool(ratio <= 2)})
+    return out
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def _figure(results: list[dict], folder: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4 * len(results)), squeeze=False)
+    for (ax, bx), r in zip(axes, results):
+        for i, m in enumerate(r["methods"]):
+            etas = [100 * e["eta"] for e in m["per_eta"]]
+            color = f"C{i % 10}"
+            ax.plot(etas, [e["adversarial_x_psnr"]["mean"] for e in m["per_eta"]], "-o", color=color, label=m["method"])
+            ax.plot(etas, [e["random_psnr"]["mean"] for e in m["per_eta"]], "--", color=color, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("eta (% of ||y||)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(f"{r['task']}: adversarial (solid) and random (dashed)", fontsize=9)
+        ax.legend(fontsize=6)
+        names = [m["method"] for m in r["methods"]]
+        found = [m["empirical_lipschitz"] for m in r["methods"]]
+        bounds = [m["lipschitz_bound"] if m["lipschitz_bound"] and math.isfinite(m["lipschitz_bound"]) else np.nan
+                  for m in r["methods"]]
+        pos = np.arange(len(names))
+        bx.bar(pos - 0.2, found, 0.4, label="largest ratio found")
+        bx.bar(pos + 0.2, bounds, 0.4, label="bound (certified / exact)")
+        bx.set_xticks(pos, names, rotation=35, ha="right", fontsize=6)
+        bx.set_yscale("log")
+        bx.set_title(f"{r['task']}: empirical Lipschitz ratio and bound", fontsize=9)
+        bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "stability.png", dpi=110)
+    plt.close(fig)
+    examples = [r for r in results if r["_examples"]]
+    if not examples:
+        return
+    n = 1 + max(len(r["_examples"]) for r in examples)
+    fig, axes = plt.subplots(len(examples), n, figsize=(1.9 * n, 2.3 * len(examples)), squeeze=False)
+    for row, r in zip(axes, examples):
+        panels = [("truth", r["_truth"])] + [(k, v["image"]) for k, v in r["_examples"].items()]
+        for ax, (title, img) in zip(row, panels + [(None, None)] * (n - len(panels))):  # tasks differ in methods
+            ax.axis("off")
+            if img is not None:
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+                ax.set_title(title.replace(" (", "\n("), fontsize=6)
+    fig.suptitle("worst case found against the truth at the largest eta (first test image)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "stability_examples.png", dpi=110)
+    plt.close(fig)
+
+
+def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), threads: int = 2, resume: bool = False,
+        log=print, reference_dir: str | Path | None = None, command: str | None = None, **overrides) -> dict:
+    """Run the protocol on ``tasks``; write ``results_dir/stability.json`` after every method and the figures;
+    return the payload. ``overrides``: ``images``, ``steps``, ``restarts``, ``etas``, ``validation`` (None keeps
+    the size of ``quick``). ``reference_dir``: earlier results to reuse (the quality run's tuning, the deepinv
+    peer's weights). ``command``: the command line recorded in the JSON (default: the source checkout's
+    ``python -m benchmarks.stability ...`` equivalent)."""
+    unknown = sorted(set(overrides) - set(PROTOCOL))
+    if unknown:
+        raise TypeError(f"unknown stability settings {unknown}; the settings are {sorted(PROTOCOL)}")
+    torch.set_num_threads(threads)
+    folder = results_folder(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = _settings(quick, overrides)
+    previous = {}
+    if resume and (folder / "stability.json").is_file():
+        previous = {t["task"]: t for t in json.loads((folder / "stability.json").read_text()).get("tasks", [])}
+    command = command or "python -m benchmarks.stability" + (" --quick" if quick else "") + " --tasks " + " ".join(tasks) + "".join(
+        f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in overrides.items() if v is not None)
+    payload = {"benchmark": "stability", "environment": environment("cpu"), "command": command, "quick": quick,
+               "settings": settings, "protocol_settings": PROTOCOL, "complete": False, "tasks": []}
+    results = []
+
+    def save(partial):
+        payload["tasks"] = [_public(r) for r in results] + ([] if partial is None else [_public(partial)])
+        write_result("stability", payload, results_dir=folder)
+
+    for t in tasks:
+        r = evaluate_task(t, settings, quick=quick, previous=previous.get(t), on_method=save, log=log,
+                          reference_dir=reference_dir)
+        results.append(r)
+        save(None)
+    payload["complete"] = True
+    save(None)
+    _figure(results, folder)
+    return payload
