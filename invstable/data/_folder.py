@@ -9,20 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._errors import ImageReadError as ImageReadError  # defined apart: _medical raises it without importing this
 from ._phantoms import _check_index
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy",)
 CHANNEL_MODES = ("gray", "keep")
-
-
-class ImageReadError(ValueError):
-    """An image (or an array standing for one) could not be read or converted; names the file."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def to_unit_float(array: np.ndarray, *, channels: str = "gray", rescale: bool = False,

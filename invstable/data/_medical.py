@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._folder import ImageReadError
+from ._errors import ImageReadError
 
 #: Linear attenuation of water at about 70 keV, the effective energy of a 120 kVp CT beam, in 1/mm (NIST XCOM: mass
 #: attenuation 0.193 cm^2/g at 70 keV).
