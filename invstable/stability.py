@@ -3,6 +3,9 @@
 Works on any differentiable callable on batched tensors (an invstable model, a deepinv model, a baseline
 written in torch); the searches follow Antun et al. (2020) and Genzel, Macdonald & März (2022): projected
 Adam on the perturbation, several random starts, the worst kept.
+
+The protocol built on these searches (the first test images of a task, several noise levels, both objectives, the
+empirical ratio against the certified bound) is ``invstable.evaluate(reconstructor, task=..., stability=True)``.
 """
 
 from __future__ import annotations

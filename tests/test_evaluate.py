@@ -80,6 +80,15 @@ def test_evaluate_refuses_bad_reconstructors_clearly(op):
         invstable.evaluate(lambda y: op.A_adjoint(y).detach(), task=TASK, count=1, stability=True, steps=1, restarts=1)
 
 
+def test_benchmark_needs_a_results_folder_outside_the_checkout(tmp_path, monkeypatch, capsys):
+    from invstable.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no benchmarks/results here
+    assert main(["benchmark", "--only", "speed"]) == 2
+    err = capsys.readouterr().err
+    assert "no results folder: pass --results-dir DIR" in err and str(tmp_path) in err
+
+
 def test_the_package_imports_nothing_from_the_checkout():
     # no sys.path changes and no `benchmarks` import anywhere in the installed package
     for path in (ROOT / "invstable").rglob("*.py"):

@@ -237,7 +237,7 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
                             and settings["steps"] >= STABILITY_PROTOCOL["steps"]
                             and settings["restarts"] >= STABILITY_PROTOCOL["restarts"]
                             and set(STABILITY_PROTOCOL["etas"]) <= set(settings["etas"]))
-    xs_, ys_ = x[:settings["images"]], y[:settings["images"]].to(device)
+    xs_, ys_ = x[:settings["images"]].to(device), y[:settings["images"]].to(device)  # the search compares on device
     probe = ys_[:1].clone().requires_grad_(True)
     if not run(probe).requires_grad:
         raise TypeError("stability=True needs a reconstructor differentiable in y (the adversarial search follows "
