@@ -323,7 +323,9 @@ def render(folder: str | Path, out: str | Path | None = None, *, source: str | N
     for name, section in sections:
         payload = _load(folder, name)
         if payload is None:
-            lines += [f"## {name.capitalize()}", "", f"No `{name}.json` yet: run `python -m benchmarks.{name}`.", ""]
+            how = "python -m benchmarks.universal` in the source checkout" if name == "universal" else \
+                f"invstable benchmark --only {name}`"
+            lines += [f"## {name.capitalize()}", "", f"No `{name}.json` yet: run `{how}.", ""]
         else:
             lines += section(payload, rel, folder)
     lines += certified_section(folder, rel)
