@@ -15,7 +15,7 @@ from ._base import activation as get_activation
 
 
 def _check_tau(name, value):
-    if not (isinstance(value, (int, float)) and 0 < value < 2):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < 2):
         raise ValueError(f"{name} must be in (0, 2) (the stability limit of the linearised step), got {value!r}")
     return float(value)
 

@@ -269,6 +269,8 @@ class WeightMap(nn.Module):
     @torch.no_grad()
     def _calibrate(self) -> None:
         """Lengthen ``v`` so that ``(1 + margin) ||W v||`` covers the certified norm (host-side, once)."""
+        if self.weight.is_meta:  # built to measure memory: no values to calibrate
+            return
         exact = self.norm_bound()
         if not math.isfinite(exact) or exact == 0.0:
             return
