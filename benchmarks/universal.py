@@ -29,7 +29,7 @@ import torch
 
 from benchmarks._common import RESULTS, environment, write_result
 from invstable.evaluation import ALPHAS, LAMBDAS, pairs, psnr, scores, tune
-from invstable import Tikhonov, load_model, tikhonov, tv
+from invstable import load_model, tikhonov, tv
 from invstable.data import task as get_task
 from invstable.operators import Blur, ParallelBeamCT, gaussian_kernel
 
