@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ..data import task as get_task
+from .._warnings import ConvergenceWarning
 from ..models import UnrolledInverse
 from ._methods import baselines, learned, pairs, peer
 from ._operators import BATCH as OPERATOR_BATCH
@@ -79,9 +80,10 @@ def _jsonable(extra: dict) -> dict:
 
 @contextlib.contextmanager
 def _quiet_cg():
-    """Tikhonov's CG warns when it stops at ``max_iter``; the timings include those iterations either way."""
+    """Tikhonov's CG (and any iterative solver) warns when it stops at ``max_iter``; the timings include those
+    iterations either way."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Tikhonov CG stopped", category=RuntimeWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
         yield
 
 
