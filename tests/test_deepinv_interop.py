@@ -68,8 +68,19 @@ def test_models_are_deepinv_reconstructors(tiny, universal):
     assert isinstance(universal, deepinv.models.Reconstructor)
 
 
-def test_shipped_unrolled_model_is_a_reconstructor():
-    assert isinstance(load_model("blur-wide"), deepinv.models.Reconstructor)
+def test_shipped_model_in_deepinv_test_scores_as_in_invstable():
+    from invstable.data import task
+
+    blur = task("blur-g2")
+    x, y = (torch.stack(t) for t in zip(*(blur.pairs("validation")[i] for i in range(2))))
+    model = load_model("blur-wide")
+    assert isinstance(model, deepinv.models.Reconstructor)
+    physics = deepinv.physics.BlurFFT(img_size=tuple(x.shape[1:]), filter=blur.operator.kernel.float()[None, None])
+    result = _test(model, x, y, physics)
+    with torch.no_grad():
+        own = float(psnr(model(y).clamp(0, 1), x).mean())
+    assert result["PSNR"] == pytest.approx(own, abs=1e-2)  # deepinv's PSNR is in float32, invstable's in float64
+    assert own > float(psnr(blur.operator.A_adjoint(y).clamp(0, 1), x).mean())
 
 
 def test_unrolled_model_runs_in_deepinv_test_with_the_score_of_invstable(tiny, op):
