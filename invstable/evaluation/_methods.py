@@ -27,8 +27,8 @@ from ._peer import RECIPE as PEER_RECIPE
 from ._peer import load_peer, weights_path
 from ._record import shown
 
-#: pretrained models of each task (names start with the prefix); CT-180 has none (baselines only)
-MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None}
+#: pretrained models of each task (names start with the prefix); CT-180 and CT-30-lowdose have none (baselines only)
+MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None, "ct-30-lowdose": None}
 ALPHAS = np.logspace(-4, -0.5, 8)
 LAMBDAS = np.logspace(-4, -2, 5)
 #: TV's weight is tuned on the first 8 validation images (Tikhonov's on all of them): TV costs seconds per image
