@@ -184,6 +184,12 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
         ``reconstructor`` is not callable, returns no tensor of the images' shape, or (``stability=True``) is not
         differentiable in ``y``; a size is not a positive int.
 
+    See Also
+    --------
+    invstable.training.evaluate : the same word for the same act on any paired dataset (mean PSNR of a model on
+        validation pairs, what training monitors); this function scores on a protocol task's test split.
+    invstable.stability.adversarial_perturbation : the search behind ``stability=True``.
+
     Examples
     --------
     >>> import invstable
