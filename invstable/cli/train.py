@@ -31,6 +31,9 @@ TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Trai
 #: the defaults of the model flags: UnrolledInverse's keywords
 MODEL_DEFAULTS = {name: param.default for name, param in inspect.signature(UnrolledInverse).parameters.items()
                   if param.default is not inspect.Parameter.empty}
+# None means the model's documented default for these two (denoiser= is not offered on the command line)
+MODEL_DEFAULTS.update(family=MODEL_DEFAULTS["family"] or UnrolledInverse.DEFAULT_FAMILY,
+                      channels=MODEL_DEFAULTS["channels"] or UnrolledInverse.DEFAULT_CHANNELS)
 #: the UnrolledInverse keywords set from the command line (each by the flag of its name; the seed is --seed)
 MODEL_FLAGS = ("family", "iterations", "channels", "depth", "step", "max_step", "init", "init_alpha", "init_degree",
                "seed")

@@ -152,6 +152,10 @@ class UnrolledInverse(Reconstructor):
     True
     """
 
+    #: what ``family=None`` and ``channels=None`` mean (a stable family; ``None`` leaves room for ``denoiser=``)
+    DEFAULT_FAMILY = "gradient_flow"
+    DEFAULT_CHANNELS = 8
+
     def __init__(self, operator, *, family: str | None = None, iterations: int = 8, channels: int | None = None,
                  depth: int = 2, step: float = 1.0, max_step: float = 0.5, image_channels: int = 1,
                  image_shape: tuple[int, ...] | None = None, init: str = "tikhonov", init_alpha: float = 0.02,
@@ -172,8 +176,8 @@ class UnrolledInverse(Reconstructor):
             family, channels = "denoiser", image_channels
         elif denoiser_sigma is not None:
             raise ValueError("denoiser_sigma is the noise level given to denoiser=; pass a denoiser or drop it")
-        family = "gradient_flow" if family is None else family
-        channels = 8 if channels is None else channels
+        family = self.DEFAULT_FAMILY if family is None else family
+        channels = self.DEFAULT_CHANNELS if channels is None else channels
         if family not in FAMILIES and family != "denoiser":
             raise ValueError(f"family={family!r} is not known; valid families: {sorted(FAMILIES)}")
         for name, value in (("iterations", iterations), ("channels", channels), ("depth", depth),
