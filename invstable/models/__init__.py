@@ -15,6 +15,6 @@ from ._unrolled import FAMILIES as FAMILIES
 from ._unrolled import UnrolledInverse as UnrolledInverse
 from ._io import load_regularizer as load_regularizer
 from ._io import save_regularizer as save_regularizer
-from ._variational import Certificate as Certificate
+from ._certificate import Certificate as Certificate
 from ._variational import SolveInfo as SolveInfo
 from ._variational import VariationalInverse as VariationalInverse
