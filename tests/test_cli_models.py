@@ -105,6 +105,9 @@ def test_reconstruct_batches(sinogram, tmp_path, capsys):
     (["--input", "SINO", "--method", "no-such-model"], "unknown method 'no-such-model'"),
     (["--input", "SINO", "--method", "fbp", "--operator", "ct", "--angles", "60"], "measurement has shape"),
     (["--input", "SINO", "--method", "fbp"], "needs --operator"),
+    (["--input", "SINO", "--method", "fbp", "--operator", "fan", "--param", "image_size=32",
+      "--param", "angles=8"],
+     "--method fbp inverts parallel-beam CT (--operator ct) only, got --operator fan (FanBeamCT)"),
     (["--input", "SINO", "--method", "MODEL", "--operator", "ct", "--angles", "60"], "trained for"),
     (["--input", "SINO", "--method", "fbp", "--operator", "ct", "--angles", "30", "--out", "x.gif"], "extension"),
 ])

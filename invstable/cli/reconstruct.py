@@ -302,6 +302,11 @@ def run(args) -> int:
         if not args.operator:
             raise ValueError(f"--method {method} needs --operator (e.g. --operator ct --angles 30)")
         op = _build_operator(args)
+        from ..operators import ParallelBeamCT
+
+        if method == "fbp" and not isinstance(op, ParallelBeamCT):
+            raise ValueError(f"--method fbp inverts parallel-beam CT (--operator ct) only, got --operator "
+                             f"{args.operator} ({type(op).__name__}); use --method tikhonov or --method tv for it")
     elif kind == "universal":
         if not args.operator:
             raise ValueError(f"--method {method} serves any operator: pass --operator NAME (ct, blur, a plugin's) "
