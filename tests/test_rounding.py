@@ -132,3 +132,21 @@ def test_bound_refuses_other_dtypes_and_shapes():
     model, _ = _case("ct default")
     with pytest.raises(ValueError, match="float32 and float64|measured for"):
         model.certificate(torch.float16)
+
+
+def test_stability_protocol_counts_violations_against_the_floating_point_certificate(one_thread):
+    """At eta = 1e-6 the plain ratio of a float32 model exceeds its Lipschitz bound; the protocol's count of
+    violations uses the certificate with its rounding term (none), and records the term and the resolution."""
+    from invstable.evaluation._methods import Method
+    from invstable.evaluation._stability import evaluate_method
+
+    model, y = _case("blur alpha 1e-4 degree 200")
+    x = torch.zeros(y.shape[0], 1, SIZE, SIZE)  # the truth only enters the PSNR figures
+    method = Method("tiny", "learned", model, model.lipschitz_bound, "certified", {}, module=model)
+    settings = {"etas": [1e-6, 1e-3], "steps": 2, "restarts": 1}
+    row = evaluate_method(method, x, y, settings)
+    assert row["empirical_lipschitz"] > row["lipschitz_bound"]  # the plain comparison would report violations
+    assert row["violations"] == 0
+    rounding = row["rounding"]
+    assert rounding["dtype"] == "float32" and rounding["rate"] == model.certificate().rounding
+    assert rounding["etas_below_resolution"] == [1e-6]  # below 100 float32 epsilons (1.2e-5): flagged

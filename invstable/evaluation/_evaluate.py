@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data import task as get_task
+from ..models._certificate import rounding_allowance
 from ..stability import adversarial_perturbation, random_perturbation
 from ._metrics import psnr, scores
 
@@ -174,7 +175,9 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
         ``per_eta`` (PSNR under the random and adversarial perturbations at each eta), ``empirical_lipschitz``
         (the largest :math:`\|R(y + d) - R(y)\| / \|d\|` found), ``pairs_checked``, ``lipschitz_bound`` (from
         ``reconstructor.lipschitz_bound()`` when it has one, else None), ``ratio_to_bound`` and ``violations``
-        (ratios above the bound; 0 for a correct certificate; None without a finite bound).
+        (ratios above the bound; 0 for a correct certificate; None without a finite bound), and ``rounding``: for
+        a model with a floating-point certificate (``reconstructor.certificate()``), its measured rounding rate,
+        which a ratio may exceed the bound by, and the levels eta below the dtype's resolution (None otherwise).
 
     Raises
     ------
@@ -255,12 +258,15 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
     bound = _bound(reconstructor)
     ratios = study["ratios"]
     finite = bound is not None and math.isfinite(bound)
+    # a ratio is a violation only above what the certificate in floating point allows (docs/models.md)
+    allowed, rounding = rounding_allowance(reconstructor, bound, settings["etas"], ratios.size) if finite \
+        else (bound, None)
     result["stability"] = {
         "images": settings["images"], "settings": settings, "clean_psnr": stats(study["clean"]),
         "per_eta": study["per_eta"], "empirical_lipschitz": float(ratios.max()), "pairs_checked": int(ratios.size),
         "lipschitz_bound": bound,
         "ratio_to_bound": float(ratios.max() / bound) if finite and bound > 0 else None,
-        "violations": int((ratios > bound).sum()) if finite else None,
+        "violations": int((ratios > allowed).sum()) if finite else None, "rounding": rounding,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return result

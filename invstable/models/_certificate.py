@@ -129,3 +129,32 @@ def measure_rounding(run: Callable[[torch.Tensor], torch.Tensor], reference: Cal
         if excess is not None:
             err0 = excess(err0).clamp_min(0)
     return safety * rate, safety * float(err0.max())
+
+
+def rounding_allowance(reconstructor, bound: float, etas, count: int):
+    r"""``(allowed, record)``: the largest ratio :math:`\|R(y + d) - R(y)\| / \|d\|` the floating-point
+    certificate of ``reconstructor`` allows for each of ``count`` ratios measured at the relative levels ``etas``
+    (``count / len(etas)`` ratios per level, in the order of ``etas``), and what was used.
+
+    With :math:`\|d\| \le \eta \|y\|` and :math:`\|y + d\| \ge (1 - \eta)\|y\|`, :meth:`Certificate.bound` allows
+    at least :math:`L + \rho (2 - \eta) / \eta` (the additive terms only add to it, so leaving them out counts a
+    violation too many rather than one too few). ``allowed`` is ``bound`` and ``record`` None when the
+    reconstructor has no :class:`Certificate` with a rounding term (a plain callable, a baseline). ``record``
+    lists the levels below :func:`resolution`, where the rounding term dominates and a ratio says little.
+    """
+    import numpy as np  # noqa: PLC0415 (only the evaluation reads ratios as arrays)
+
+    certificate = getattr(reconstructor, "certificate", None)
+    if not callable(certificate) or not math.isfinite(bound):
+        return bound, None
+    cert = certificate()  # measured once per model and cached
+    if not isinstance(cert, Certificate) or cert.dtype is None:
+        return bound, None
+    etas = np.asarray(list(etas), dtype=float)
+    if count % len(etas):
+        raise ValueError(f"{count} ratios cannot be split evenly over the {len(etas)} levels {etas.tolist()}")
+    eta = np.repeat(etas, count // len(etas))
+    floor = resolution(cert.dtype)
+    record = {"rate": cert.rounding, "floor": cert.rounding_floor, "dtype": str(cert.dtype).replace("torch.", ""),
+              "resolution": floor, "etas_below_resolution": [float(e) for e in etas if e < floor]}
+    return bound + cert.rounding * (2 - eta) / eta, record
