@@ -370,3 +370,35 @@ def test_tv_is_differentiable_when_y_requires_grad():
     grad, = torch.autograd.grad(out.square().sum(), y)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert not invstable.tv(y.detach(), op, 0.01, max_iter=5, prox_iter=3).requires_grad
+
+
+# --- TV runs to convergence and says how far it got ------------------------------------------------------------
+def test_tv_records_its_final_relative_change_and_warns_at_max_iter():
+    op = Blur(gaussian_kernel(1.0), 16)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    y = op.A(x) + 0.01 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    solver = invstable.TotalVariation(op, 0.01, max_iter=5000, tol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", invstable.ConvergenceWarning)
+        x_k = solver(y)
+    done = solver.last_solve
+    assert done.converged and done.iterations < 5000
+    assert bool((done.relative_change < 1e-5).all()) and done.max_relative_change < 1e-5
+    # one iteration fewer has not converged: the warning, and the previous iterate
+    short = invstable.TotalVariation(op, 0.01, max_iter=done.iterations - 1, tol=1e-5)
+    with pytest.warns(invstable.ConvergenceWarning, match=rf"stopped at max_iter={done.iterations - 1}"):
+        x_prev = short(y)
+    assert not short.last_solve.converged and short.last_solve.max_relative_change >= 1e-5
+    # the recorded figure is the relative change of the returned iterate, ||x_k - x_{k-1}|| / ||x_k||, per sample
+    expected = (x_k - x_prev).flatten(1).norm(dim=1) / x_k.flatten(1).norm(dim=1)
+    torch.testing.assert_close(done.relative_change, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("option, match", [({"max_iter": 0}, "max_iter must be an integer >= 1"),
+                                           ({"max_iter": 2.5}, "max_iter must be an integer >= 1"),
+                                           ({"tol": 0.0}, "tol must be a finite number > 0"),
+                                           ({"prox_iter": 0}, "prox_iter must be an integer >= 1")])
+def test_tv_options_are_checked(option, match):
+    with pytest.raises(ValueError, match=match):
+        invstable.TotalVariation(Blur(gaussian_kernel(1.0), 16), 0.01, **option)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..baselines import Tikhonov, fbp, tikhonov, tv
+from ..baselines import Tikhonov, TotalVariation, fbp, tikhonov
 from ..data import task as get_task
 from ..models import list_models, load_model
 from ._metrics import psnr
@@ -29,13 +29,23 @@ from ._record import shown
 
 #: pretrained models of each task (names start with the prefix); CT-180 and CT-30-lowdose have none (baselines only)
 MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None, "ct-30-lowdose": None}
+#: the initial validation grids (log-spaced) of Tikhonov's alpha and TV's lambda; :func:`tune_weight` widens them
 ALPHAS = np.logspace(-4, -0.5, 8)
 LAMBDAS = np.logspace(-4, -2, 5)
+#: how a grid is widened while its optimum sits at an end (PROTOCOLS.md, "Tuning and training"): ``points`` more
+#: values past that end at the grid's own log spacing, at most ``max_widenings`` times; then ``refine`` halvings
+#: of the log spacing around the optimum (TV none: each of its values costs minutes of FISTA on a CPU)
+WIDENING = {"points": 2, "max_widenings": 4}
+REFINE = {"tikhonov": 1, "tv": 0}
 #: TV's weight is tuned on the first 8 validation images (Tikhonov's on all of them): TV costs seconds per image
 #: on a CPU (the tuning curve is recorded)
 TV_VALIDATION = 8
-#: (Tikhonov's CG iteration cap, TV's FISTA iterations) at the full size (False) and the quick one (True)
+#: (Tikhonov's CG iteration cap, TV's FISTA iteration cap) at the full size (False) and the quick one (True)
 ITERATIONS = {False: (500, 300), True: (150, 100)}
+#: TV's tolerance on the relative change of x (every sample), and its FISTA iteration cap per task at the full
+#: size, from a measurement of the iterations that reach it (docs/baselines.md, "TV iterations")
+TV_TOL = 1e-5
+TV_MAX_ITER: dict[str, int] = {}
 _MODELS: dict = {}
 
 
@@ -64,16 +74,106 @@ def pairs(dataset, count: int | None):
     return torch.stack(xs), torch.stack(ys), torch.stack(sigmas)
 
 
-def tune(values, run, x_val):
-    """The value of ``values`` with the best mean validation PSNR, and the curve (never the test set)."""
-    best, curve = None, []
-    for v in values:
+def tune_weight(values, score: Callable[[float], float], *, points: int = WIDENING["points"],
+                max_widenings: int = WIDENING["max_widenings"], refine: int = 0) -> dict:
+    """The weight with the best ``score`` (a validation PSNR) on a log grid that is widened while its optimum
+    sits at an end.
+
+    Parameters
+    ----------
+    values : sequence of float
+        The initial grid: at least two positive values, log-spaced (sorted here).
+    score : callable
+        ``weight -> score`` (higher is better; NaN counts as the worst).
+    points : int
+        Values added past the end where the optimum sits, at the grid's log spacing, per widening.
+    max_widenings : int
+        The limit of widenings; when the optimum is still at an end after them, the record says so
+        (``grid["limit_reached"]``).
+    refine : int
+        Halvings of the log spacing around the optimum after the widening (two more scores each, inside the grid).
+
+    Returns
+    -------
+    dict
+        ``value`` (the best weight), ``score``, ``validation_psnr`` (every ``[weight, score]`` evaluated, sorted by
+        weight) and ``grid``: ``initial`` and ``final`` (the grid after widening, refinements excluded),
+        ``widenings``, ``max_widenings``, ``points``, ``refine``, ``limit_reached`` and ``at_end`` (``"lower"``,
+        ``"upper"`` or None: where the optimum sits on the final grid).
+
+    Examples
+    --------
+    >>> import math
+    >>> record = tune_weight([1e-3, 1e-2, 1e-1], lambda v: -(math.log10(v) + 4) ** 2)  # best at 1e-4
+    >>> f"{record['value']:.3g}", f"{record['grid']['final'][0]:.3g}", record["grid"]["widenings"]
+    ('0.0001', '1e-05', 1)
+    """
+    grid = sorted(float(v) for v in values)
+    if len(grid) < 2 or grid[0] <= 0 or len(set(grid)) != len(grid):
+        raise ValueError(f"values must be at least two distinct positive weights, got {list(values)!r}")
+    for name, v, low in (("points", points, 1), ("max_widenings", max_widenings, 0), ("refine", refine, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    log_step = (math.log(grid[-1]) - math.log(grid[0])) / (len(grid) - 1)
+    scores: dict[float, float] = {}
+
+    def evaluate(v: float) -> None:
+        if v not in scores:
+            p = float(score(v))
+            scores[v] = -math.inf if math.isnan(p) else p
+
+    def best() -> float:
+        return max(sorted(scores), key=lambda v: scores[v])
+
+    for v in grid:
+        evaluate(v)
+    widenings = 0
+    while True:
+        b = best()
+        at_end = "lower" if b == grid[0] else "upper" if b == grid[-1] else None
+        if at_end is None or widenings == max_widenings:
+            break
+        sign = -1 if at_end == "lower" else 1
+        new = [math.exp(math.log(b) + sign * k * log_step) for k in range(1, points + 1)]
+        for v in new:
+            evaluate(v)
+        grid = sorted(grid + new)
+        widenings += 1
+    step = log_step
+    for _ in range(refine):
+        step /= 2
+        b = best()
+        for v in (math.exp(math.log(b) - step), math.exp(math.log(b) + step)):
+            if grid[0] < v < grid[-1]:
+                evaluate(v)
+    limit_reached = at_end is not None
+    b = best()
+    at_end = "lower" if b == grid[0] else "upper" if b == grid[-1] else None
+    return {"value": b, "score": scores[b], "validation_psnr": [[v, scores[v]] for v in sorted(scores)],
+            "grid": {"initial": sorted(float(v) for v in values), "final": grid, "widenings": widenings,
+                     "max_widenings": max_widenings, "points": points, "refine": refine,
+                     "limit_reached": limit_reached, "at_end": at_end}}
+
+
+def validation_score(run: Callable[[float], torch.Tensor], x_val: torch.Tensor) -> Callable[[float], float]:
+    """``weight -> mean PSNR of run(weight) against x_val`` (the validation images; never the test set)."""
+    def score(v: float) -> float:
         with torch.no_grad():
-            p = float(psnr(run(float(v)), x_val).mean())
-        curve.append([float(v), p])
-        if best is None or p > best[1]:
-            best = (float(v), p)
-    return best[0], curve
+            return float(psnr(run(float(v)), x_val).mean())
+    return score
+
+
+def tune(values, run, x_val, **widening):
+    """The weight with the best mean validation PSNR of ``run(weight)`` against ``x_val`` and the curve
+    ``[[weight, PSNR], ...]``, on the grid ``values`` widened by :func:`tune_weight` (its keywords pass through)."""
+    record = tune_weight(values, validation_score(run, x_val), **widening)
+    return record["value"], record["validation_psnr"]
+
+
+def tv_max_iter(name: str, quick: bool) -> int:
+    """TV's FISTA iteration cap on task ``name``: :data:`TV_MAX_ITER` at the full size (else the default of
+    :data:`ITERATIONS`), the quick budget otherwise."""
+    return ITERATIONS[True][1] if quick else TV_MAX_ITER.get(name, ITERATIONS[False][1])
 
 
 _TUNING: dict = {}
@@ -82,20 +182,23 @@ _BOUNDS: dict = {}
 
 def tuned(name: str, *, n_val: int | None, quick: bool, reference_dir: str | Path | None = None) -> dict:
     """Tikhonov's alpha (identity, gradient) and TV's lambda with the best mean PSNR on the first ``n_val``
-    validation images, with the curves; computed once per process for the same arguments, or taken from
+    validation images, each on its grid widened by :func:`tune_weight` until the optimum is inside it, with the
+    curves and the final grids; TV's record also gives, per lambda, the FISTA iterations and the final relative
+    change (largest over the images). Computed once per process for the same arguments, or taken from
     ``reference_dir/quality.json`` when that recorded the same computation.
 
     ``n_val=0`` tunes nothing: every weight is the middle of its grid (a smoke run of the speed benchmark, whose
     timings need weights, not good ones); the record says so.
     """
+    max_iter, tv_iter = ITERATIONS[quick][0], tv_max_iter(name, quick)
     if n_val == 0:
-        max_iter, tv_iter = ITERATIONS[quick]
         middle = lambda grid: float(grid[len(grid) // 2])  # noqa: E731
         return {"n_validation": 0, "untuned": "no validation images: the middle of each grid (a smoke run)",
                 **{f"tikhonov_{reg}": {"alpha": middle(ALPHAS), "max_iter": max_iter, "validation_psnr": []}
                    for reg in ("identity", "gradient")},
-                "tv": {"lambda": middle(LAMBDAS), "max_iter": tv_iter, "n_validation": 0, "validation_psnr": []}}
-    key = (name, n_val, quick, ITERATIONS[quick], None if reference_dir is None else str(Path(reference_dir).resolve()))
+                "tv": {"lambda": middle(LAMBDAS), "max_iter": tv_iter, "tol": TV_TOL, "n_validation": 0,
+                       "validation_psnr": []}}
+    key = (name, n_val, quick, max_iter, tv_iter, None if reference_dir is None else str(Path(reference_dir).resolve()))
     if key not in _TUNING:
         _TUNING[key] = None if reference_dir is None else _published_tuning(name, n_val, quick, reference_dir)
     if _TUNING[key] is None:
@@ -103,27 +206,49 @@ def tuned(name: str, *, n_val: int | None, quick: bool, reference_dir: str | Pat
         op = spec.operator
         xv, yv, _ = pairs(spec.pairs("validation"), n_val)
         tuning = {}
-        max_iter, tv_iter = ITERATIONS[quick]
         for reg in ("identity", "gradient"):
-            alpha, curve = tune(ALPHAS, lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv)
-            tuning[f"tikhonov_{reg}"] = {"alpha": alpha, "max_iter": max_iter, "validation_psnr": curve}
+            record = tune_weight(ALPHAS, validation_score(
+                lambda a: tikhonov(yv, op, a, regularizer=reg, max_iter=max_iter), xv), refine=REFINE["tikhonov"])
+            tuning[f"tikhonov_{reg}"] = {"alpha": record["value"], "max_iter": max_iter,
+                                         "validation_psnr": record["validation_psnr"], "grid": record["grid"]}
         n_tv = min(len(xv), TV_VALIDATION)
-        lam, curve = tune(LAMBDAS, lambda v: tv(yv[:n_tv], op, v, max_iter=tv_iter), xv[:n_tv])
-        tuning["tv"] = {"lambda": lam, "max_iter": tv_iter, "n_validation": n_tv, "validation_psnr": curve}
+        convergence = {}
+
+        def run_tv(lam):
+            solver = TotalVariation(op, lam, max_iter=tv_iter, tol=TV_TOL)
+            out = solver(yv[:n_tv])
+            convergence[lam] = [lam, solver.last_solve.iterations, solver.last_solve.max_relative_change]
+            return out
+
+        record = tune_weight(LAMBDAS, validation_score(run_tv, xv[:n_tv]), refine=REFINE["tv"])
+        tuning["tv"] = {"lambda": record["value"], "max_iter": tv_iter, "tol": TV_TOL, "n_validation": n_tv,
+                        "validation_psnr": record["validation_psnr"], "grid": record["grid"],
+                        "convergence": [convergence[v] for v, _ in record["validation_psnr"]]}
         _TUNING[key] = {"n_validation": int(len(xv)), **tuning}
     return _TUNING[key]
 
 
-def same_tuning(tuning: dict, n_val: int, quick: bool) -> bool:
-    """Whether a recorded tuning was made on the first ``n_val`` validation images with this module's grids and
-    iteration budgets (then it is the same computation as :func:`tuned` would make)."""
-    max_iter, tv_iter = ITERATIONS[quick]
+def same_tuning(tuning: dict, n_val: int, quick: bool, name: str | None = None) -> bool:
+    """Whether a recorded tuning was made on the first ``n_val`` validation images with this module's initial
+    grids, widening and iteration budgets (then it is the same computation as :func:`tuned` would make; a record
+    from before the grids were widened is not). ``name``: the task, whose TV iteration cap is checked (when None,
+    any cap that :func:`tv_max_iter` gives some task at this size)."""
+    max_iter = ITERATIONS[quick][0]
+    caps = {tv_max_iter(name, quick)} if name is not None else (
+        {ITERATIONS[True][1]} if quick else {ITERATIONS[False][1], *TV_MAX_ITER.values()})
+
+    def same_grid(record, initial, refine):
+        g = record["grid"]
+        return bool(np.allclose(g["initial"], initial) and g["points"] == WIDENING["points"]
+                    and g["max_widenings"] == WIDENING["max_widenings"] and g["refine"] == refine)
+
     try:
         return bool(tuning["n_validation"] == n_val
-                    and tuning["tv"]["n_validation"] == min(n_val, TV_VALIDATION) and tuning["tv"]["max_iter"] == tv_iter
-                    and np.allclose([v for v, _ in tuning["tv"]["validation_psnr"]], LAMBDAS)
+                    and tuning["tv"]["n_validation"] == min(n_val, TV_VALIDATION)
+                    and tuning["tv"]["max_iter"] in caps and tuning["tv"]["tol"] == TV_TOL
+                    and same_grid(tuning["tv"], LAMBDAS, REFINE["tv"])
                     and all(tuning[f"tikhonov_{r}"]["max_iter"] == max_iter
-                            and np.allclose([v for v, _ in tuning[f"tikhonov_{r}"]["validation_psnr"]], ALPHAS)
+                            and same_grid(tuning[f"tikhonov_{r}"], ALPHAS, REFINE["tikhonov"])
                             for r in ("identity", "gradient")))
     except (KeyError, TypeError, ValueError):
         return False
@@ -138,7 +263,7 @@ def _published_tuning(name: str, n_val: int | None, quick: bool, folder: str | P
     payload = json.loads(path.read_text())
     for t in payload.get("tasks", []):
         tuning = t.get("tuning", {})
-        if t.get("task") == name and same_tuning(tuning, n_val, quick):
+        if t.get("task") == name and same_tuning(tuning, n_val, quick, name):
             commit = str(payload.get("environment", {}).get("git_commit", "?"))[:10]
             return {**tuning, "source": f"{shown(path)} (commit {commit})"}
     return None
@@ -181,10 +306,10 @@ def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool =
         make = (lambda a, r, n: lambda o: Tikhonov(o, a, regularizer=r, max_iter=n))(alpha, reg, max_iter)
         methods.append(Method(f"Tikhonov ({reg}, validation alpha)", "baseline", make(op), bound, kind,
                               {"alpha": alpha}, rebuild=make))
-    lam, tv_iter = tuning["tv"]["lambda"], tuning["tv"]["max_iter"]
-    make = lambda o: lambda y: tv(y, o, lam, max_iter=tv_iter)  # noqa: E731
+    lam, tv_iter, tol = tuning["tv"]["lambda"], tuning["tv"]["max_iter"], tuning["tv"].get("tol", TV_TOL)
+    make = lambda o: TotalVariation(o, lam, max_iter=tv_iter, tol=tol)  # noqa: E731  (last_solve: convergence)
     methods.append(Method("TV (validation lambda)", "baseline", make(op), lambda: math.inf, "no certificate",
-                          {"lambda": lam, "max_iter": tv_iter}, rebuild=make))
+                          {"lambda": lam, "max_iter": tv_iter, "tol": tol}, rebuild=make))
     return methods, tuning
 
 

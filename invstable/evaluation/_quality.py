@@ -2,10 +2,12 @@
 
 Methods (:mod:`._methods`): FBP (CT), Tikhonov with the identity and the gradient regulariser (alpha tuned
 on the validation split; also alpha by the discrepancy principle per sample), TV (lambda tuned on the validation
-split), every pretrained model shipped for the task, and the deepinv peer (:mod:`._peer`, when its weights are in the reference folder). CT-180: the
-baselines only (no model is trained for it). Metrics on the test split: PSNR (data range 1), SSIM, relative L2
-error, mean and standard deviation; every reconstruction is clipped to [0, 1] before scoring (all methods
-alike). Each method's certified Lipschitz bound is recorded next to it (Tikhonov: its exact constant).
+split; FISTA to a relative change of ``TV_TOL``, its row records the iterations and the final relative change),
+every pretrained model shipped for the task, and the deepinv peer (:mod:`._peer`, when its weights are in the
+reference folder). Each weight's grid is widened until the validation optimum is inside it
+(:func:`._methods.tune_weight`; the final grids are in the task's ``tuning``). CT-180: the baselines only (no
+model is trained for it). Metrics on the test split: PSNR (data range 1), SSIM, relative L2 error, mean and
+standard deviation; every reconstruction is clipped to [0, 1] before scoring (all methods alike). Each method's certified Lipschitz bound is recorded next to it (Tikhonov: its exact constant).
 
 ``--resume`` keeps the tasks already in ``quality.json`` that were measured with the same size (validation and
 test counts, quick or not) and solver budgets; each task records the commit it was measured at. The figure's
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..baselines import choose_alpha, tikhonov
+from ..baselines import TVSolveInfo, choose_alpha, tikhonov
 from ..data import task as get_task
 from ..models._io import atomic_write
 from ._methods import ITERATIONS, MODEL_PREFIX, baselines, learned, pairs, peer, same_tuning
@@ -65,8 +67,12 @@ def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, wi
             out = m.reconstruct(yt)
         seconds = time.perf_counter() - start
         bound = m.bound()
+        solve = getattr(m.reconstruct, "last_solve", None)  # TV: did FISTA converge on the test images
+        converged = {} if not isinstance(solve, TVSolveInfo) else {
+            "iterations": solve.iterations, "relative_change_max": solve.max_relative_change,
+            "converged": solve.converged}
         rows.append(_row(m.name, out, xt, seconds, kind=m.kind, lipschitz_bound=bound, bound_kind=m.bound_kind,
-                         **m.extra))
+                         **m.extra, **converged))
         images[m.name] = out[-1, 0].clamp(0, 1).numpy()  # the last test image (Shepp-Logan for CT)
         if m.name.startswith("Tikhonov"):
             reg = "identity" if "identity" in m.name else "gradient"
@@ -241,7 +247,7 @@ def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
     for t in payload.get("tasks", []):
         n_expected = len(get_task(t["task"]).pairs("test"))
         n_expected = n_expected if n_test is None else min(n_test, n_expected)
-        if t.get("n_test") == n_expected and same_tuning(t.get("tuning", {}), n_val, quick):
+        if t.get("n_test") == n_expected and same_tuning(t.get("tuning", {}), n_val, quick, t["task"]):
             kept[t["task"]] = {"measured_at": commit, **t}
     return kept
 
