@@ -211,10 +211,16 @@ def test_baselines_are_differentiable_like_the_models(results):
 
 def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monkeypatch):
     curve = lambda grid: [[float(v), 20.0] for v in grid]  # noqa: E731
+    widened = lambda grid, kind: {"initial": list(grid), "final": list(grid), "refine": _methods.REFINE[kind],  # noqa: E731
+                                  **_methods.WIDENING}
     tuning = {"n_validation": 32,
-              "tikhonov_identity": {"alpha": 0.01, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS)},
-              "tikhonov_gradient": {"alpha": 0.02, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS)},
-              "tv": {"lambda": 0.001, "max_iter": 300, "n_validation": 8, "validation_psnr": curve(_methods.LAMBDAS)}}
+              "tikhonov_identity": {"alpha": 0.01, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS),
+                                    "grid": widened(_methods.ALPHAS, "tikhonov")},
+              "tikhonov_gradient": {"alpha": 0.02, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS),
+                                    "grid": widened(_methods.ALPHAS, "tikhonov")},
+              "tv": {"lambda": 0.001, "max_iter": _methods.tv_max_iter("ct-30", False), "tol": _methods.TV_TOL,
+                     "n_validation": 8, "validation_psnr": curve(_methods.LAMBDAS),
+                     "grid": widened(_methods.LAMBDAS, "tv")}}
     payload = {"environment": {"git_commit": "abc"}, "tasks": [{"task": "ct-30", "tuning": tuning}]}
     folder = tmp_path / "benchmarks" / "results"  # the reference folder, shown relative to the current one
     folder.mkdir(parents=True)
@@ -225,7 +231,7 @@ def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monk
     assert _methods._published_tuning("blur-g2", 32, False, folder) is None  # another task
     assert _methods._published_tuning("ct-30", 16, False, folder) is None  # other validation images
     assert _methods._published_tuning("ct-30", 32, True, folder) is None  # other budgets
-    tuning["tv"]["validation_psnr"] = curve(_methods.LAMBDAS[:3])
+    tuning["tv"]["grid"]["initial"] = list(_methods.LAMBDAS[:3])
     (folder / "quality.json").write_text(json.dumps(payload))
     assert _methods._published_tuning("ct-30", 32, False, folder) is None  # another grid
 

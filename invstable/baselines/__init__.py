@@ -6,4 +6,5 @@ from ._tikhonov import SolveInfo as SolveInfo
 from ._tikhonov import Tikhonov as Tikhonov
 from ._tikhonov import tikhonov as tikhonov
 from ._tv import TotalVariation as TotalVariation
+from ._tv import TVSolveInfo as TVSolveInfo
 from ._tv import tv as tv

@@ -58,9 +58,13 @@ def _grid_edges(tuning: dict) -> list[str]:
         record = tuning.get(key, {})
         grid = [v for v, _ in record.get("validation_psnr", [])]
         if len(grid) > 1 and record.get(weight) in (grid[0], grid[-1]):
+            widened = record.get("grid", {})  # records since the grids are widened (tune_weight)
             out.append(f"Note: {key.replace('_', ' ')} {weight} = {record[weight]:g} is at the "
                        f"{'lower' if record[weight] == grid[0] else 'upper'} end of its validation grid "
-                       f"[{grid[0]:g}, {grid[-1]:g}]: the method may be under-tuned here.")
+                       f"[{grid[0]:g}, {grid[-1]:g}]"
+                       + (f", even after {widened['widenings']} widenings (the limit)"
+                          if widened.get("limit_reached") else "")
+                       + ": the method may be under-tuned here.")
     return out + [""] if out else out
 
 
