@@ -477,20 +477,21 @@ class UnrolledInverse(Reconstructor):
             raise ValueError(f"safety must be a number >= 1 (a factor on the measured error), got {safety!r}")
         key = (self.image_shape, float(safety), state_version(self), id(self.operator),
                state_version(self.operator) if isinstance(self.operator, nn.Module) else None)
-        if probes is not None or self._rounding_cache.get("key") != key:
-            rate = self._measure_rounding(probes, safety)
-            if probes is not None:
-                return self._with_rounding(bound, rate, dtype)
-            self._rounding_cache = {"key": key, "rate": rate}
-        return self._with_rounding(bound, self._rounding_cache["rate"], dtype)
+        if self._rounding_cache.get("key") != key:
+            self._rounding_cache = {"key": key, "rate": self._measure_rounding(safety)}
+        rate = self._rounding_cache["rate"]
+        if probes is not None:  # the larger of the cached measurement and the one at the probes
+            rate = tuple(max(a, b) for a, b in zip(rate, self._measure_rounding(safety, probes)))
+        return self._with_rounding(bound, rate, dtype)
 
     @staticmethod
     def _with_rounding(bound: float, rate: tuple[float, float], dtype: torch.dtype) -> Certificate:
         scale = unit_roundoff(dtype) / unit_roundoff(torch.float32)  # measured in float32 (1 for float32)
         return Certificate(bound, 0.0, rate[0] * scale, rate[1] * scale, dtype)
 
-    def _measure_rounding(self, probes, safety: float) -> tuple[float, float]:
-        """``(rho, epsilon_0)`` of a float32 copy of the model against a float64 copy (see :meth:`certificate`)."""
+    def _measure_rounding(self, safety: float, probes: torch.Tensor | None = None) -> tuple[float, float]:
+        """``(rho, epsilon_0)`` of a float32 copy of the model against a float64 copy (see :meth:`certificate`), at
+        the built-in measurements or, when given, at ``probes`` only."""
         low = copy.deepcopy(self).eval()  # as the user runs it (a learned filter keeps its float64 coefficients)
         if self.step_logits.dtype != torch.float32:
             low.float()
@@ -500,6 +501,9 @@ class UnrolledInverse(Reconstructor):
         gen = torch.Generator().manual_seed(0)
         count = 4
         shape = (count,) + self.image_shape
+        if probes is not None:
+            batches = [probes.detach().to(device=device, dtype=torch.float64)]
+            return measure_rounding(lambda y: low(y.float()).double(), high, batches, safety=safety)
         with torch.no_grad():
             rough = torch.rand(shape, generator=gen, dtype=torch.float64)
             coarse = torch.rand(shape[:-2] + (max(1, shape[-2] // 8), max(1, shape[-1] // 8)), generator=gen,
@@ -512,8 +516,6 @@ class UnrolledInverse(Reconstructor):
             batches += [batches[0] + 0.05 * white, white]  # noisy measurements, pure noise
             scales = 10.0 ** torch.linspace(-1, 1, count, dtype=torch.float64).to(device)
             batches += [b * scales.view((-1,) + (1,) * (b.ndim - 1)) for b in list(batches)]
-            if probes is not None:
-                batches.append(probes.detach().to(device=device, dtype=torch.float64))
         return measure_rounding(lambda y: low(y.float()).double(), high, batches, safety=safety)
 
     # ------------------------------------------------------------------ training aids
