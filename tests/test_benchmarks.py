@@ -211,8 +211,8 @@ def test_baselines_are_differentiable_like_the_models(results):
 
 def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monkeypatch):
     curve = lambda grid: [[float(v), 20.0] for v in grid]  # noqa: E731
-    widened = lambda grid, kind: {"initial": list(grid), "final": list(grid), "refine": _methods.REFINE[kind],  # noqa: E731
-                                  **_methods.WIDENING}
+    widened = lambda grid, kind: {"initial": list(grid), "final": list(grid),  # noqa: E731
+                                  "refine": _methods.REFINE[kind], **_methods.WIDENING}
     tuning = {"n_validation": 32,
               "tikhonov_identity": {"alpha": 0.01, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS),
                                     "grid": widened(_methods.ALPHAS, "tikhonov")},

@@ -7,7 +7,8 @@ every pretrained model shipped for the task, and the deepinv peer (:mod:`._peer`
 reference folder). Each weight's grid is widened until the validation optimum is inside it
 (:func:`._methods.tune_weight`; the final grids are in the task's ``tuning``). CT-180: the baselines only (no
 model is trained for it). Metrics on the test split: PSNR (data range 1), SSIM, relative L2 error, mean and
-standard deviation; every reconstruction is clipped to [0, 1] before scoring (all methods alike). Each method's certified Lipschitz bound is recorded next to it (Tikhonov: its exact constant).
+standard deviation; every reconstruction is clipped to [0, 1] before scoring (all methods alike). Each method's
+certified Lipschitz bound is recorded next to it (Tikhonov: its exact constant).
 
 ``--resume`` keeps the tasks already in ``quality.json`` that were measured with the same size (validation and
 test counts, quick or not) and solver budgets; each task records the commit it was measured at. The figure's
