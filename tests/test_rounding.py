@@ -69,6 +69,13 @@ def test_certified_bound_holds_at_tiny_relative_perturbations_in_float32(one_thr
             assert bool((change <= cert.bound(y, y2)).all()), (change, cert.bound(y, y2), cert)
             worst_share = max(worst_share, float((change / cert.bound(y, y2)).max()))
             worst_ratio = max(worst_ratio, float((change / _norms(y2 - y)).max()))
+        # the smallest perturbation there is: one ulp in one entry (the plain ratio is then almost all rounding)
+        flat = y.flatten(1)
+        y2 = flat.clone()
+        y2[:, 0] = torch.nextafter(flat[:, 0], torch.full_like(flat[:, 0], float("inf")))
+        y2 = y2.view_as(y)
+        change = _norms(model(y2) - base)
+        assert bool((change <= model.certificate().bound(y, y2)).all())
         # larger inputs have larger rounding errors: the term scales with ||y||
         for y2 in _pairs(10 * y, (1e-6,), 2, gen):
             change = _norms(model(y2) - model(10 * y))
