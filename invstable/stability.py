@@ -152,6 +152,181 @@ def adversarial_perturbation(reconstruct: Reconstructor, y: torch.Tensor, eta: f
     return AttackResult(best_delta, best_obj, ratio)
 
 
+@dataclasses.dataclass
+class LevelResult:
+    """One noise level of :func:`adversarial_search` (per sample of the batch).
+
+    Attributes
+    ----------
+    eta : float
+        The relative level: ``||delta_i|| <= eta ||y_i||``.
+    delta : torch.Tensor
+        The worst perturbation found over every start, shape of ``y``.
+    objective : torch.Tensor
+        ``||R(y + delta) - R(y)||`` (or ``||R(y + delta) - target||``) per sample.
+    ratio : torch.Tensor
+        ``||R(y + delta) - R(y)|| / ||delta||`` per sample (always against ``R(y)``).
+    steps : torch.Tensor
+        Adam steps each start actually ran, shape ``(restarts, B)`` (int64): at least ``min_steps``, at most
+        ``steps``; fewer than ``steps`` where the search stopped early.
+    warm : bool
+        Whether start 0 of this level began at the previous level's worst perturbation (scaled to this radius).
+    """
+
+    eta: float
+    delta: torch.Tensor
+    objective: torch.Tensor
+    ratio: torch.Tensor
+    steps: torch.Tensor
+    warm: bool
+
+
+def _call(reconstruct, y, aux, rows):
+    return reconstruct(y) if aux is None else reconstruct(y, aux[rows])
+
+
+def adversarial_search(reconstruct: Callable, y: torch.Tensor, etas, *, target: torch.Tensor | None = None,
+                       steps: int = 200, restarts: int = 3, min_steps: int | None = None, patience: int = 20,
+                       rel_tol: float = 1e-3, lr: float = 0.05, seed: int = 0, warm_start: bool = True,
+                       base: torch.Tensor | None = None, aux: torch.Tensor | None = None) -> list[LevelResult]:
+    r"""Worst perturbations at several noise levels in one batched search (projected Adam, early stopping).
+
+    The ``B`` samples of ``y`` and the ``restarts`` starts are stacked into one batch of ``restarts * B``, so the
+    reconstructor is called once per Adam step on all of them; :math:`R(y)` is computed once. The levels run in
+    increasing order of ``eta``: at every level after the first, start 0 begins at the previous level's worst
+    perturbation scaled to the new radius (``warm_start``), the others at fresh random points of the sphere. Each
+    start maximises :math:`\|R(y + \delta) - R(y)\|` (or :math:`\|R(y + \delta) - \mathrm{target}\|`) over
+    :math:`\|\delta_i\| \le \eta \|y_i\|` and keeps the best point it visited; a start stops once it has run
+    ``min_steps`` steps and its best objective has not risen by a relative ``rel_tol`` in the last ``patience``
+    steps; ``steps`` is the cap. The worst over the starts is kept per sample.
+
+    With ``min_steps=steps`` (no early stopping) and one level, the starts and the steps are those of
+    :func:`adversarial_perturbation` with the same seed, and the result is at least as large (the best point
+    visited, not only the last).
+
+    Parameters
+    ----------
+    reconstruct : callable
+        ``R``, differentiable in ``y``; with ``aux`` it is called as ``R(y_rows, aux_rows)`` (e.g. a solver
+        warm-started at ``aux = R(y)``), the rows of ``aux`` aligned with those of ``y``.
+    y : torch.Tensor
+        Batched real measurements ``(B, ...)``, no sample all zeros.
+    etas : sequence of float
+        Relative levels (sorted here in increasing order).
+    target : torch.Tensor, optional
+        The point to move away from (e.g. the truth), shape of ``R(y)``; default ``R(y)``.
+    steps, restarts : int
+        Cap on the Adam steps per start and the number of starts per sample and level.
+    min_steps : int, optional
+        Steps every start runs before it may stop (default ``min(steps, 50)``; ``steps`` disables stopping).
+    patience, rel_tol : int, float
+        Early-stopping window and relative rise of the best objective that counts as progress.
+    lr : float
+        Adam step relative to the radius.
+    seed : int
+        Seed of the random starts.
+    warm_start : bool
+        Start 0 of each level after the first at the previous level's worst perturbation.
+    base : torch.Tensor, optional
+        ``R(y)`` when the caller has it (not recomputed).
+    aux : torch.Tensor, optional
+        Per-sample data passed to ``reconstruct`` as its second argument.
+
+    Returns
+    -------
+    list of LevelResult
+        One per level, in the order of ``etas`` as given.
+    """
+    etas = list(etas)
+    if not etas:
+        raise ValueError("etas must be a non-empty list of relative levels, e.g. [0.01, 0.05]")
+    for e in etas:
+        _check(y, e, steps, restarts, lr=lr)
+    min_steps = min(steps, 50) if min_steps is None else min_steps
+    for name, v in (("min_steps", min_steps), ("patience", patience)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not (isinstance(rel_tol, numbers.Real) and math.isfinite(rel_tol) and rel_tol >= 0):
+        raise ValueError(f"rel_tol must be a finite number >= 0, got {rel_tol!r}")
+    y = y.detach()
+    B = y.shape[0]
+    if B == 0:
+        empty = y.new_zeros(0)
+        return [LevelResult(float(e), y.clone(), empty, empty.clone(), torch.zeros(restarts, 0, dtype=torch.long),
+                            False) for e in etas]
+    rows_all = torch.arange(B, device=y.device)
+    if base is None:
+        with torch.no_grad():
+            base = _call(reconstruct, y, aux, rows_all)
+    base = base.detach()
+    if target is not None and (not isinstance(target, torch.Tensor) or tuple(target.shape) != tuple(base.shape)):
+        raise ValueError(
+            f"target must be a tensor of the reconstruction's shape {tuple(base.shape)}, got "
+            f"{tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__}"
+        )
+    ref = base if target is None else target.detach()
+    S, N = restarts, restarts * B
+    sample = torch.arange(N, device=y.device) % B  # row s * B + b is start s of sample b
+    y_rep, ref_rep = y[sample], ref[sample]
+    ynorm = _norm(y)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    step_size = lr / y[0].numel() ** 0.5  # as adversarial_perturbation: Adam on the unit-ball parameter
+    results: dict[float, LevelResult] = {}
+    previous = None
+    for k, eta in enumerate(sorted(set(float(e) for e in etas))):
+        radius = (eta * ynorm)[sample]
+        starts = []
+        for s in range(S):
+            if s == 0 and previous is not None and warm_start:
+                starts.append(previous / _view(_norm(previous).clamp_min(1e-30), previous))
+            else:  # level 0 uses the seeds of adversarial_perturbation; later levels fresh ones
+                r_seed = seed * 1009 + s if k == 0 else seed * 1009 + 7919 * k + s
+                starts.append(random_perturbation(y, 1.0, seed=r_seed) / _view(ynorm, y))
+        u = torch.cat(starts)
+        m, v = torch.zeros_like(u), torch.zeros_like(u)
+        best_obj = torch.full((N,), -1.0, device=y.device, dtype=y.dtype)
+        best_u = u.clone()
+        mark = torch.full((N,), -1.0, device=y.device, dtype=y.dtype)
+        last_rise = torch.zeros(N, dtype=torch.long, device=y.device)
+        used = torch.zeros(N, dtype=torch.long, device=y.device)
+        active = torch.ones(N, dtype=torch.bool, device=y.device)
+        for t in range(steps):
+            idx = torch.nonzero(active).flatten()
+            if idx.numel() == 0:
+                break
+            u_sub = u[idx].clone().requires_grad_(True)
+            obj = _norm(_call(reconstruct, y_rep[idx] + u_sub * _view(radius[idx], u_sub), aux, sample[idx])
+                        - ref_rep[idx])
+            (grad,) = torch.autograd.grad(-obj.sum(), u_sub)
+            with torch.no_grad():
+                obj = obj.detach()
+                better = obj > best_obj[idx]
+                best_obj[idx] = torch.where(better, obj, best_obj[idx])
+                best_u[idx[better]] = u[idx[better]]
+                rose = best_obj[idx] > mark[idx] * (1 + rel_tol)
+                mark[idx[rose]] = best_obj[idx[rose]]
+                last_rise[idx[rose]] = t
+                m[idx] = beta1 * m[idx] + (1 - beta1) * grad
+                v[idx] = beta2 * v[idx] + (1 - beta2) * grad * grad
+                m_hat, v_hat = m[idx] / (1 - beta1 ** (t + 1)), v[idx] / (1 - beta2 ** (t + 1))
+                u[idx] = _project(u[idx] - step_size * m_hat / (v_hat.sqrt() + eps), torch.ones_like(radius[idx]))
+                used[idx] += 1
+                stop = (used[idx] >= min_steps) & (t - last_rise[idx] >= patience)
+                active[idx[stop]] = False
+        with torch.no_grad():  # the last point of every start, then the worst of the starts per sample
+            obj = _norm(_call(reconstruct, y_rep + u * _view(radius, u), aux, sample) - ref_rep)
+            better = obj > best_obj
+            best_obj = torch.where(better, obj, best_obj)
+            best_u[better] = u[better]
+            pick = best_obj.view(S, B).argmax(dim=0) * B + rows_all
+            delta = best_u[pick] * _view(eta * ynorm, y)
+            ratio = _norm(_call(reconstruct, y + delta, aux, rows_all) - base) / _norm(delta).clamp_min(1e-30)
+        results[eta] = LevelResult(eta, delta, best_obj[pick], ratio, used.view(S, B).cpu(),
+                                   previous is not None and warm_start)
+        previous = delta
+    return [results[float(e)] for e in etas]
+
+
 def lipschitz_search(reconstruct: Reconstructor, y: torch.Tensor, *, radius: float = 0.05, steps: int = 200,
                      restarts: int = 3, lr: float = 0.05, seed: int = 0) -> torch.Tensor:
     r"""Largest ratio :math:`\|R(y_1) - R(y_2)\| / \|y_1 - y_2\|` found near each ``y`` (per sample).
