@@ -3,7 +3,14 @@
 The benchmark is :func:`invstable.evaluation.run_stability` (also ``invstable benchmark --only stability``); this
 script runs it on the source checkout's published results folder, reusing the quality run's tuning and the deepinv
 peer's weights there. The protocol size (20 images, eta in {0.5, 1, 2, 5} %, 200 steps x 3 starts) is the
-default; ``--images/--steps/--restarts/--etas`` shrink it and the JSON records the settings used.
+default; ``--images/--steps/--restarts/--etas`` shrink it and the JSON records the settings used. Each method's
+images, starts and eta levels run as one batched search (:func:`invstable.stability.adversarial_search`: warm
+starts across the levels, early stopping once the objective stops rising, the steps used recorded); TV is searched
+directly through an unrolled TV and by transfer from Tikhonov, the larger loss reported. Each task also gets a
+picture, ``stability_<task>.png`` (worst perturbation, hallucination map, PSNR against eta per method).
+
+The full protocol: python -m benchmarks.stability --tasks ct-30 blur-g2 --images 20 --steps 200 --restarts 3
+       --etas 0.005 0.01 0.02 0.05
 
 Usage: python -m benchmarks.stability [--quick] [--tasks ct-30 blur-g2] [--images 20] [--steps 200]
        [--restarts 3] [--etas 0.005 0.01 0.02 0.05] [--resume] [--results-dir DIR]

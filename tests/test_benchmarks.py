@@ -110,7 +110,9 @@ def test_stability_smoke(results):
         assert m["pairs_checked"] == 3 and m["empirical_lipschitz"] > 0  # random + the two searches, 1 image
         if m["bound_kind"] == "certified":
             assert m["violations"] == 0 and m["empirical_lipschitz"] <= m["lipschitz_bound"]
-    assert methods["TV (validation lambda)"]["attack"] == "transfer from Tikhonov (identity, validation alpha)"
+    assert methods["TV (validation lambda)"]["attack"].startswith("direct (unrolled TV")
+    assert "sources" in methods["TV (validation lambda)"]["per_eta"][0]  # direct and transfer, both kept
+    assert (results / f"stability_{TASK}.png").stat().st_size > 0
     assert methods["ct30-gradflow"]["attack"] == "search on this method"
     assert on_disk["tasks"][0]["targets"][0]["target"] == "zero certificate violations"
     assert (results / "stability.png").stat().st_size > 0 and payload["complete"]

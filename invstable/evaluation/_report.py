@@ -127,10 +127,87 @@ def stability_section(payload, rel, folder) -> list[str]:
                          f"{_f(m['lipschitz_bound'], 3)} ({m['bound_kind']}) | {_f(m['violations'], 0, 'n/a')} | "
                          f"{m.get('attack', '')} |")
         lines.append("")
+        _stability_notes(lines, t)
         _targets(lines, t.get("targets"))
+        _figure(lines, rel, folder, f"stability_{t['task']}.png",
+                f"{t['task']}: worst perturbation, hallucination map and PSNR against eta per method")
     _figure(lines, rel, folder, "stability.png", "PSNR against eta; empirical ratios against bounds")
     _figure(lines, rel, folder, "stability_examples.png", "worst cases found")
     return lines
+
+
+def stability_task_figure(task: dict, pictures: dict, path: str | Path) -> Path:
+    """The stability picture of one task: a row per method with the worst perturbation found against R(y) at the
+    largest eta (first test image), the reconstructions of y and of y + d, the hallucination map |R(y + d) - R(y)|
+    and PSNR against eta for the random perturbation and both adversarial searches.
+
+    ``task`` is a task of ``stability.json`` (its ``methods`` rows); ``pictures`` maps a method to
+    ``{"eta", "delta", "clean", "perturbed"}`` (arrays); methods without a picture are left out.
+    """
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    rows = [m for m in task["methods"] if pictures.get(m["method"])]
+    if not rows:
+        raise ValueError(f"no method of {task.get('task')} has a picture to draw")
+    fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.4 * len(rows)), squeeze=False)
+    for ax, m in zip(axes, rows):
+        pic = pictures[m["method"]]
+        delta = np.asarray(pic["delta"])
+        delta = delta.reshape(-1, delta.shape[-1]) if delta.ndim != 2 else delta
+        change = np.abs(np.asarray(pic["perturbed"]) - np.asarray(pic["clean"]))
+        lim = float(np.abs(delta).max()) or 1.0
+        ax[0].imshow(delta, cmap="seismic", vmin=-lim, vmax=lim, aspect="auto")
+        ax[0].set_ylabel(m["method"].replace(" (", "\n("), fontsize=7)
+        ax[1].imshow(pic["clean"], cmap="gray", vmin=0, vmax=1)
+        ax[2].imshow(pic["perturbed"], cmap="gray", vmin=0, vmax=1)
+        im = ax[3].imshow(change, cmap="magma")
+        fig.colorbar(im, ax=ax[3], fraction=0.046)
+        titles = (f"perturbation d, ||d|| = {100 * pic['eta']:g} % ||y||", "R(y)", "R(y + d)", "|R(y + d) - R(y)|")
+        for a, title in zip(ax[:4], titles):
+            a.set_xticks([])
+            a.set_yticks([])
+            a.set_title(title, fontsize=7)
+        etas = [100 * e["eta"] for e in m["per_eta"]]
+        for key, style, label in (("random_psnr", "--o", "random"), ("adversarial_psnr", "-s", "adv. vs R(y)"),
+                                  ("adversarial_x_psnr", "-^", "adv. vs x")):
+            ax[4].plot(etas, [e[key]["mean"] for e in m["per_eta"]], style, label=label, markersize=3)
+        ax[4].axhline(m["clean_psnr"]["mean"], color="gray", lw=0.8, label="clean")
+        ax[4].set_xscale("log")
+        ax[4].set_xlabel("eta (% of ||y||)", fontsize=7)
+        ax[4].set_ylabel("PSNR (dB)", fontsize=7)
+        ax[4].tick_params(labelsize=6)
+        ax[4].legend(fontsize=5)
+    fig.suptitle(f"{task['task']}: worst perturbation found against R(y) at the largest eta (first test image), "
+                 "the change it causes, and PSNR against eta", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _stability_notes(lines, task):
+    """The steps the early-stopped searches used, and TV's two estimates (direct and transfer)."""
+    used = [(m["method"], e) for m in task["methods"] for e in m["per_eta"] if "steps_used" in e]
+    if used:
+        means = [s["mean"] for _, e in used for s in e["steps_used"].values()]
+        cap = max(s["max"] for _, e in used for s in e["steps_used"].values())
+        warm = sum(e.get("warm_started", False) for _, e in used)
+        lines += [f"Adam steps actually used per start (early stopping once the best objective stops rising): mean "
+                  f"{sum(means) / len(means):.0f} over the searches, at most {cap}; {warm} of {len(used)} "
+                  "method-level searches warm-started from the previous eta.", ""]
+    for m in task["methods"]:
+        sources = [e.get("sources") for e in m["per_eta"] if e.get("sources")]
+        if sources:
+            cells = "; ".join(f"{100 * e['eta']:g} %: " + ", ".join(
+                f"{src} {v['adversarial_x_psnr']:.2f}" for src, v in e["sources"].items())
+                for e in m["per_eta"] if e.get("sources"))
+            lines += [f"{m['method']}, adversarial PSNR against x by source (the table keeps the larger loss per "
+                      f"image): {cells}.", ""]
 
 
 def speed_section(payload, rel, folder) -> list[str]:

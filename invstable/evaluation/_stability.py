@@ -11,11 +11,14 @@ test images of a task and relative noise levels eta (of ||y||):
   method's bound (certified for the stable models, the exact constant for Tikhonov) and the count of
   violations (a ratio above a certified bound), which must be 0.
 
-Every method but TV is attacked the same way, through autograd: Tikhonov by implicit differentiation, FBP as
-the linear map it is, the networks as networks. TV is evaluated at the perturbations found for Tikhonov
-(identity, validation alpha; a transfer attack): differentiating through its 300 FISTA x 20 prox iterations takes
-minutes and gigabytes per Adam step on a CPU (measured: a 2-image, 5-step search had not finished in 10
-minutes, at 7 GB), so TV's adversarial figures are weaker lower bounds than the others'.
+Every method is attacked through autograd by :func:`invstable.stability.adversarial_search`: all the images and
+all the random starts of a method in one batch, R(y) computed once, the eta levels in increasing order with each
+level warm-started from the previous one's worst perturbation, and early stopping of a start once its best
+objective has stopped rising (after ``min_steps``; the protocol's steps are the cap; the steps used are recorded).
+Tikhonov is differentiated implicitly, FBP as the linear map it is, the networks as networks. TV is attacked twice:
+directly, through an unrolled TV (``TV_UNROLLED`` FISTA iterations warm-started at the converged TV solution of y)
+whose perturbations are then evaluated on the full TV, and by transfer (the perturbations found for Tikhonov); for
+each image the larger loss of the two is reported, and both estimates are kept in the row.
 
 The protocol size (20 images, eta in {0.5, 1, 2, 5} %, 200 steps x 3 starts, both objectives) is the default;
 ``--images/--steps/--restarts/--etas`` shrink it and the JSON records the settings actually used, with
@@ -30,42 +33,177 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..baselines import tv
 from ..data import task as get_task
 from ..models._certificate import rounding_allowance
-from ._evaluate import STABILITY_PROTOCOL, perturbation_study, stats
+from ..stability import adversarial_search, random_perturbation
+from ._evaluate import OBJECTIVES, STABILITY_PROTOCOL, stats
+from ._metrics import psnr
 from ._methods import baselines, learned, pairs, peer
 from ._record import environment, results_folder, write_result
+from ._report import stability_task_figure
 
 PROTOCOL = {**STABILITY_PROTOCOL, "validation": 32}
 QUICK = {"images": 2, "etas": [0.01, 0.05], "steps": 5, "restarts": 1, "validation": 8}
+#: steps every start of a search runs before it may stop early (the protocol's ``steps`` is the cap), and the
+#: window over which its best objective must rise by a relative ``REL_TOL``
+MIN_STEPS, PATIENCE, REL_TOL = 50, 20, 1e-3
+#: FISTA iterations (and prox iterations) of the unrolled TV that TV's direct attack differentiates
+TV_UNROLLED = {"max_iter": 50, "prox_iter": 5}
 REFERENCE = "Tikhonov (identity, validation alpha)"
-#: TV is attacked with the perturbations found for this method: a search through TV's unrolled solver
-#: (300 FISTA x 20 prox iterations) is out of reach on a CPU (minutes and gigabytes per step)
+#: TV is also attacked with the perturbations found for this method (a transfer attack, the second estimate)
 TRANSFER_SOURCE = REFERENCE
 #: left out of the stability protocol: FBP with the ramp filter (the Hann one is what a user runs) and Tikhonov
 #: with the gradient regulariser (CG on CT costs seconds per attack step; the identity one is the reference)
 SKIPPED = ("FBP (Ramp)", "Tikhonov (gradient, validation alpha)")
 
 
-def evaluate_method(method, x, y, settings: dict, *, batch: int = 10, seed: int = 0,
-                    transfer: dict | None = None, found: dict | None = None) -> dict:
-    """The random and adversarial protocol (:func:`perturbation_study`) for one method on the images ``x``
-    (measurements ``y``), with its bound, the ratio to it and the violations.
+def _unrolled_tv(method, op):
+    """TV's direct attack: the unrolled TV (``TV_UNROLLED``) warm-started at ``x0``, called as ``R(y, x0)``."""
+    lam = method.extra["lambda"]
 
-    With ``transfer`` (the perturbations ``found`` for another method, by (batch start, eta, objective)), no
-    search runs on this method: it is evaluated at those perturbations (a transfer attack, a weaker lower
-    bound). ``found``, when given, collects this method's perturbations in that form.
+    def reconstruct(y, x0):
+        with warnings.catch_warnings():  # the unrolled solver stops at its cap by design
+            warnings.simplefilter("ignore")
+            return tv(y, op, lam, tol=1e-12, x0=x0, **TV_UNROLLED)
+    return reconstruct
+
+
+def study(reconstruct, x, y, settings: dict, *, attack=None, transfer: dict | None = None, found: dict | None = None,
+          batch: int = 20, seed: int = 0) -> dict:
+    """The random and adversarial protocol of one reconstructor on images ``x`` (measurements ``y``).
+
+    For each relative level eta: a Gaussian perturbation of norm eta ||y_i||, and the worst perturbations of
+    :func:`invstable.stability.adversarial_search` maximising ||R(y + d) - R(y)|| ("adversarial") and
+    ||R(y + d) - x|| ("adversarial_x"), all the levels and starts of ``batch`` images in one search.
+
+    The perturbations are searched on ``attack`` (a pair ``(R', aux)``: ``R'(y, aux)`` differentiable, e.g. an
+    unrolled solver warm-started at ``aux``; default: ``reconstruct`` itself) and on nothing when ``attack`` is
+    False; ``transfer`` (perturbations ``found`` for another method, by (batch start, eta, objective)) adds a
+    second candidate. Every candidate is evaluated on ``reconstruct``; per image the one with the larger objective
+    is kept, and each source's mean PSNR is recorded in ``sources``.
+
+    Returns ``{"clean", "per_eta", "ratios", "example", "picture", "steps_used", "sources"}``.
+    """
+    etas = settings["etas"]
+    keys = ("random",) + OBJECTIVES
+    acc = {eta: {k: [] for k in keys + tuple(f"ratio_{k}" for k in keys)} for eta in etas}
+    by_source: dict = {}
+    steps_used = {eta: {k: [] for k in OBJECTIVES} for eta in etas}
+    warm = {eta: False for eta in etas}
+    clean, example, picture = [], {}, {}
+    for b0 in range(0, len(y), batch):
+        xb, yb = x[b0:b0 + batch], y[b0:b0 + batch]
+        with torch.no_grad():
+            base = reconstruct(yb)
+        clean.append(psnr(base, xb))
+        candidates = {}  # source -> {(eta, key): delta}
+        if attack is not False:
+            fn, aux = (reconstruct, None) if attack is None else (attack[0], attack[1][b0:b0 + batch])
+            searched = {}
+            for key, target in zip(OBJECTIVES, (None, xb)):
+                levels = adversarial_search(fn, yb, etas, target=target, steps=settings["steps"],
+                                            restarts=settings["restarts"], min_steps=min(MIN_STEPS, settings["steps"]),
+                                            patience=PATIENCE, rel_tol=REL_TOL, seed=seed + b0,
+                                            base=base if attack is None else None, aux=aux)
+                for lvl in levels:
+                    searched[(lvl.eta, key)] = lvl.delta
+                    steps_used[lvl.eta][key].append(lvl.steps.flatten().numpy())
+                    warm[lvl.eta] = warm[lvl.eta] or lvl.warm
+            candidates["search"] = searched
+        if transfer is not None:
+            candidates["transfer"] = {(eta, key): transfer[(b0, eta, key)] for eta in etas for key in OBJECTIVES}
+        for eta in etas:
+            d = random_perturbation(yb, eta, seed=seed + b0)
+            with torch.no_grad():
+                out = reconstruct(yb + d)
+            acc[eta]["random"].append(psnr(out, xb))
+            acc[eta]["ratio_random"].append(_ratio(out, base, d))
+            for key, ref in zip(OBJECTIVES, (base, xb)):
+                best_obj, best = None, None
+                for source, deltas in candidates.items():
+                    delta = deltas[(eta, key)]
+                    with torch.no_grad():
+                        out = reconstruct(yb + delta)
+                    obj = (out - ref).flatten(1).norm(dim=1)
+                    p = psnr(out, xb)
+                    by_source.setdefault(source, {}).setdefault((eta, key), []).append(p)
+                    if best is None:
+                        best_obj, best = obj, [delta, out, p]
+                    else:  # the larger loss of the sources, per image
+                        take = obj > best_obj
+                        best_obj = torch.where(take, obj, best_obj)
+                        best[0] = torch.where(take.view((-1,) + (1,) * (delta.ndim - 1)), delta, best[0])
+                        best[1] = torch.where(take.view((-1,) + (1,) * (out.ndim - 1)), out, best[1])
+                        best[2] = np.where(take.numpy(), p, best[2])
+                delta, out, p = best
+                if found is not None:
+                    found[(b0, eta, key)] = delta
+                acc[eta][key].append(p)
+                acc[eta][f"ratio_{key}"].append(_ratio(out, base, delta))
+                if b0 == 0 and eta == max(etas):
+                    if key == "adversarial_x":
+                        example = {"eta": eta, "image": out[0, 0].detach().clamp(0, 1).cpu().numpy()}
+                    else:  # the worst perturbation against R(y) and the change it causes (the hallucination)
+                        picture = {"eta": eta, "delta": delta[0].detach().cpu().numpy(),
+                                   "clean": base[0, 0].detach().cpu().numpy(),
+                                   "perturbed": out[0, 0].detach().cpu().numpy()}
+    clean = np.concatenate(clean)
+    rows, all_ratios = [], []
+    for eta in etas:
+        v = {k: np.concatenate(a) for k, a in acc[eta].items()}
+        all_ratios += [v[f"ratio_{k}"] for k in keys]
+        row = {"eta": eta, **{f"{k}_psnr": stats(v[k]) for k in keys},
+               **{f"{k}_loss_db": float(np.mean(clean - v[k])) for k in keys},
+               **{f"ratio_{k}": stats(v[f"ratio_{k}"]) for k in keys}}
+        if attack is not False:
+            used = {k: np.concatenate(steps_used[eta][k]) for k in OBJECTIVES}
+            row["steps_used"] = {k: {"mean": float(u.mean()), "max": int(u.max()), "min": int(u.min())}
+                                 for k, u in used.items()}
+            row["warm_started"] = bool(warm[eta])
+        if len(by_source) > 1:
+            row["sources"] = {src: {f"{k}_psnr": float(np.mean(np.concatenate(per[(eta, k)]))) for k in OBJECTIVES}
+                              for src, per in by_source.items()}
+        rows.append(row)
+    return {"clean": clean, "per_eta": rows, "ratios": np.concatenate(all_ratios), "example": example,
+            "picture": picture}
+
+
+def _ratio(out: torch.Tensor, base: torch.Tensor, d: torch.Tensor) -> np.ndarray:
+    return ((out - base).flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1).clamp_min(1e-30)).double().cpu().numpy()
+
+
+def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int = 0,
+                    transfer: dict | None = None, found: dict | None = None, operator=None) -> dict:
+    """The random and adversarial protocol (:func:`study`) for one method on the images ``x`` (measurements
+    ``y``), with its bound, the ratio to it and the violations.
+
+    TV (a method with a ``lambda``, given its ``operator``) is searched directly through the unrolled TV
+    warm-started at its converged solution, and ``transfer`` (the perturbations ``found`` for another method,
+    by (batch start, eta, objective)) adds the transfer estimate; per image the larger loss is kept. Without an
+    operator, a method given ``transfer`` is only evaluated at those perturbations. ``found``, when given,
+    collects this method's perturbations in that form.
     """
     start = time.perf_counter()
-    study = perturbation_study(method.reconstruct, x, y, etas=settings["etas"], steps=settings["steps"],
-                               restarts=settings["restarts"], batch=batch, seed=seed, transfer=transfer, found=found)
+    attack, how = None, "search on this method"
+    if transfer is not None:
+        attack, how = False, f"transfer from {TRANSFER_SOURCE}"
+        if operator is not None and "lambda" in method.extra:
+            with torch.no_grad():
+                x0 = torch.cat([method.reconstruct(y[i:i + batch]) for i in range(0, len(y), batch)])
+            attack = (_unrolled_tv(method, operator), x0)
+            how = (f"direct (unrolled TV, {TV_UNROLLED['max_iter']} FISTA x {TV_UNROLLED['prox_iter']} prox "
+                   f"iterations warm-started at TV(y)) and transfer from {TRANSFER_SOURCE}; the larger loss per image")
+    result = study(method.reconstruct, x, y, settings, attack=attack, transfer=transfer, found=found, batch=batch,
+                   seed=seed)
     bound = method.bound()
-    ratios = study["ratios"]
+    ratios = result["ratios"]
     certified = method.bound_kind == "certified"
     finite = bound is not None and math.isfinite(bound)
     # a ratio counts as a violation only above what the certificate in floating point allows (docs/models.md)
@@ -73,15 +211,14 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 10, seed: int 
         if certified and finite else (bound, None)
     return {
         "method": method.name, "kind": method.kind, "settings": settings, **method.extra,
-        "attack": "search on this method" if transfer is None else f"transfer from {TRANSFER_SOURCE}",
-        "clean_psnr": stats(study["clean"]), "per_eta": study["per_eta"],
+        "attack": how, "clean_psnr": stats(result["clean"]), "per_eta": result["per_eta"],
         "empirical_lipschitz": float(ratios.max()), "pairs_checked": int(ratios.size),
         "lipschitz_bound": bound, "bound_kind": method.bound_kind,
         "ratio_to_bound": float(ratios.max() / bound) if finite else None,
         "violations": int((ratios > allowed).sum()) if certified and finite else None,
         "rounding": rounding,
         "seconds": round(time.perf_counter() - start, 1),
-        "_example": study["example"],
+        "_example": result["example"], "_picture": result["picture"],
     }
 
 
@@ -106,7 +243,7 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
     methods += learned(name) + peer(name, reference_dir)
     done = {r["method"]: r for r in (previous or {}).get("methods", []) if r.get("settings") == settings}
     result = {"task": name, "images": int(len(x)), "tuning": tuning, "methods": [], "_examples": {},
-              "_truth": x[0, 0].numpy()}
+              "_pictures": {}, "_truth": x[0, 0].numpy()}
     methods.sort(key=lambda m: m.name != TRANSFER_SOURCE)  # its perturbations are reused for TV
     found: dict = {}
     source_needed = any(m.name.startswith("TV") and m.name not in done for m in methods)
@@ -116,9 +253,10 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
             log(f"stability: {name} {m.name}: kept from the previous run")
             result["methods"].append(done[m.name])
             continue
-        row = evaluate_method(m, x, y, settings, transfer=transfer,
+        row = evaluate_method(m, x, y, settings, transfer=transfer, operator=spec.operator,
                               found=found if m.name == TRANSFER_SOURCE else None)
         result["_examples"][m.name] = row.pop("_example")
+        result["_pictures"][m.name] = row.pop("_picture")
         result["methods"].append(row)
         log(f"stability: {name} {m.name}: max ratio {row['empirical_lipschitz']:.3f} bound {row['lipschitz_bound']} "
             f"violations {row['violations']} ({row['seconds']:.0f} s)")
@@ -239,4 +377,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
     payload["complete"] = True
     save(None)
     _figure(results, folder)
+    for r in results:
+        if any(r.get("_pictures", {}).values()):
+            stability_task_figure(_public(r), r["_pictures"], folder / f"stability_{r['task']}.png")
     return payload
