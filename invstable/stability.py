@@ -6,6 +6,8 @@ Adam on the perturbation, several random starts, the worst kept.
 
 The protocol built on these searches (the first test images of a task, several noise levels, both objectives, the
 empirical ratio against the certified bound) is ``invstable.evaluate(reconstructor, task=..., stability=True)``.
+:func:`check_certificate` holds pairs against a model's certificate in floating point (the Lipschitz bound plus the
+rounding term of what the code computes) and flags perturbations below the dtype's resolution.
 """
 
 from __future__ import annotations
@@ -333,7 +335,9 @@ def lipschitz_search(reconstruct: Reconstructor, y: torch.Tensor, *, radius: flo
 
     Both points move: :math:`y_{1,2} = y + \delta_{1,2}` with :math:`\|\delta_{1,2}\| \le` ``radius`` ``||y||``;
     Adam ascends the ratio itself from ``restarts`` random starts. A lower bound on the local Lipschitz
-    constant, to hold a certified bound against: a certificate below it is wrong.
+    constant, to hold a certified bound against: a certificate below it is wrong, as long as ``||y_1 - y_2||`` is
+    well above the dtype's resolution; closer pairs differ mostly by rounding, which ``lipschitz_bound()`` does
+    not cover and ``model.certificate()`` does (:func:`check_certificate`).
 
     ``y`` is a batched real tensor with no sample all zeros (the radius is relative to ``||y_i||``); an empty
     batch gives an empty result.
@@ -360,3 +364,72 @@ def lipschitz_search(reconstruct: Reconstructor, y: torch.Tensor, *, radius: flo
             ratio = _norm(reconstruct(y + d1) - reconstruct(y + d2)) / _norm(d1 - d2).clamp_min(1e-12)
             best = torch.maximum(best, ratio)
     return best
+
+
+@dataclasses.dataclass
+class CertificateCheck:
+    """Result of :func:`check_certificate` (per sample, float64 on the CPU).
+
+    Attributes
+    ----------
+    ratio : torch.Tensor
+        ``||R(y1) - R(y2)|| / ||y1 - y2||``, the plain empirical ratio.
+    allowed : torch.Tensor
+        ``certificate.bound(y1, y2) / ||y1 - y2||``: the largest ratio the certificate allows for this pair, its
+        Lipschitz constant plus the solver and rounding terms over ``||y1 - y2||``.
+    violation : torch.Tensor
+        ``||R(y1) - R(y2)|| > certificate.bound(y1, y2)`` (bool): the certificate is wrong for this pair.
+    below_resolution : torch.Tensor
+        ``||y1 - y2|| / ||y1||`` below ``100 eps`` of the dtype (bool): at that size the rounding term dominates
+        ``allowed`` and the ratio says little about the model.
+    """
+
+    ratio: torch.Tensor
+    allowed: torch.Tensor
+    violation: torch.Tensor
+    below_resolution: torch.Tensor
+
+
+def check_certificate(model, y1: torch.Tensor, y2: torch.Tensor, *, certificate=None) -> CertificateCheck:
+    r"""Hold the pairs ``(y1, y2)`` against the model's certificate in floating point.
+
+    A pair is a violation only if :math:`\|R(y_1) - R(y_2)\| > L\|y_1 - y_2\| + \text{additive} +
+    \rho(\|y_1\| + \|y_2\|) + 2\epsilon_0` (``model.certificate().bound(y1, y2)``): the computed map differs
+    from the certified one by its rounding error, which the plain ratio against ``lipschitz_bound()`` ignores and
+    which dominates for perturbations near the dtype's resolution (docs/models.md, "Certificates in floating
+    point"); such pairs are flagged in ``below_resolution``.
+
+    Parameters
+    ----------
+    model : a model with ``certificate()`` (:class:`invstable.UnrolledInverse`, :class:`invstable.VariationalInverse`)
+    y1, y2 : torch.Tensor
+        Batched measurements of one shape and dtype.
+    certificate : invstable.models.Certificate, optional
+        Default: ``model.certificate(y1.dtype)`` after both reconstructions (a solver's term follows its last solve).
+
+    Raises
+    ------
+    TypeError
+        If the model has no ``certificate()`` and none is given.
+    ValueError
+        If ``y1`` and ``y2`` differ in shape or dtype, or a pair is identical.
+    """
+    from .models._certificate import resolution  # noqa: PLC0415 (the models import this module's searches)
+
+    _check(y1, 1.0, 1, 1)
+    if not isinstance(y2, torch.Tensor) or y2.shape != y1.shape or y2.dtype != y1.dtype:
+        raise ValueError(f"y2 must be a tensor of y1's shape {tuple(y1.shape)} and dtype {y1.dtype}, got "
+                         f"{tuple(getattr(y2, 'shape', ())) } {getattr(y2, 'dtype', type(y2).__name__)}")
+    if certificate is None and not callable(getattr(model, "certificate", None)):
+        raise TypeError(f"{type(model).__name__} has no certificate(); pass certificate= (an "
+                        "invstable.models.Certificate) or use lipschitz_search for a plain ratio")
+    with torch.no_grad():
+        change = _norm((model(y1) - model(y2)).double()).cpu()
+    if certificate is None:
+        certificate = model.certificate(y1.dtype)
+    dist = _norm(y1.double() - y2.double()).cpu()
+    if bool((dist == 0).any()):
+        raise ValueError(f"pair(s) {_which(dist == 0)} are identical (y1 == y2): there is no ratio to check")
+    bound = certificate.bound(y1, y2).cpu()
+    relative = dist / _norm(y1.double()).cpu()
+    return CertificateCheck(change / dist, bound / dist, change > bound, relative < resolution(y1.dtype))

@@ -157,3 +157,27 @@ def test_stability_protocol_counts_violations_against_the_floating_point_certifi
     rounding = row["rounding"]
     assert rounding["dtype"] == "float32" and rounding["rate"] == model.certificate().rounding
     assert rounding["etas_below_resolution"] == [1e-6]  # below 100 float32 epsilons (1.2e-5): flagged
+
+
+def test_check_certificate_reads_ratios_with_the_rounding_term_and_flags_tiny_perturbations(one_thread):
+    from invstable.stability import check_certificate
+
+    model, y = _case("ct default")
+    gen = torch.Generator().manual_seed(11)
+    tiny = next(_pairs(y, (1e-7,), 1, gen))
+    large = next(_pairs(y, (1e-2,), 1, gen))
+    near = check_certificate(model, y, tiny)
+    assert bool(near.below_resolution.all()) and not bool(near.violation.any())
+    assert float(near.ratio.max()) > model.lipschitz_bound()  # read against L alone this would be a "violation"
+    assert bool((near.ratio <= near.allowed).all())
+    far = check_certificate(model, y, large)
+    assert not bool(far.below_resolution.any()) and not bool(far.violation.any())
+    assert float(far.allowed.max()) < 1.01 * model.lipschitz_bound()  # far from the resolution the term is small
+    # a certificate that leaves the rounding out is caught on the near pair
+    from invstable.models import Certificate
+    plain = check_certificate(model, y, tiny, certificate=Certificate(model.lipschitz_bound(), dtype=torch.float32))
+    assert bool(plain.violation.any())
+    with pytest.raises(TypeError, match="no certificate"):
+        check_certificate(lambda t: t, y, tiny)
+    with pytest.raises(ValueError, match="identical"):
+        check_certificate(model, y, y.clone())
