@@ -21,6 +21,7 @@ from ._methods import learned as learned
 from ._methods import pairs as pairs
 from ._methods import peer as peer
 from ._methods import tune as tune
+from ._methods import tune_weight as tune_weight
 from ._metrics import psnr as psnr
 from ._metrics import scores as scores
 from ._operators import blur_case as blur_case
