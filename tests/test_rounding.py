@@ -39,7 +39,8 @@ def _case(name):
     x = torch.rand(3, 1, SIZE, SIZE, generator=gen)
     with torch.no_grad():
         y = op.A(x)
-    return model, y + 0.01 * _norms(y).float().view(-1, 1, 1, 1) / y[0].numel() ** 0.5 * torch.randn(y.shape, generator=gen)
+    noise = torch.randn(y.shape, generator=gen) * (0.01 * _norms(y).float() / y[0].numel() ** 0.5).view(-1, 1, 1, 1)
+    return model, y + noise
 
 
 def _pairs(y, etas, draws, gen):

@@ -447,9 +447,10 @@ class UnrolledInverse(Reconstructor):
         largest error of a float32 copy of the model against a float64 copy over measurements of random and
         smooth images, Gaussian measurements, each at scales from 0.1 to 10, and ``probes`` when given (e.g.
         validation measurements), times ``safety``; for float64 that figure is scaled by the ratio of the unit
-        roundoffs (forward rounding errors are linear in it). The measurement costs about 30 forward passes
-        (seconds for the shipped 128 x 128 models on one CPU thread) and is cached per weights, operator, image
-        size and dtype; docs/models.md ("Certificates in floating point") gives measured figures.
+        roundoffs (forward rounding errors are linear in it). The measurement costs 18 batched forward passes (a
+        second or two at 32 x 32; minutes at most for the shipped 128 x 128 models on one CPU thread) and is cached
+        per weights, operator, image size and safety factor; docs/models.md ("Certificates in floating point")
+        gives measured figures.
 
         Parameters
         ----------
