@@ -158,6 +158,11 @@ def test_stability_protocol_counts_violations_against_the_floating_point_certifi
     rounding = row["rounding"]
     assert rounding["dtype"] == "float32" and rounding["rate"] == model.certificate().rounding
     assert rounding["etas_below_resolution"] == [1e-6]  # below 100 float32 epsilons (1.2e-5): flagged
+    # no ratio above L: nothing to measure, the plain bound decides, the levels are still flagged
+    from invstable.models._certificate import rounding_allowance
+    allowed, record = rounding_allowance(model, 100.0, [1e-6, 1e-3], [1.0, 2.0])
+    assert allowed == 100.0 and record["rate"] is None and record["etas_below_resolution"] == [1e-6]
+    assert rounding_allowance(lambda t: t, 100.0, [1e-6], [200.0]) == (100.0, None)  # no certificate: plain
 
 
 def test_check_certificate_reads_ratios_with_the_rounding_term_and_flags_tiny_perturbations(one_thread):

@@ -176,8 +176,9 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
         (the largest :math:`\|R(y + d) - R(y)\| / \|d\|` found), ``pairs_checked``, ``lipschitz_bound`` (from
         ``reconstructor.lipschitz_bound()`` when it has one, else None), ``ratio_to_bound`` and ``violations``
         (ratios above the bound; 0 for a correct certificate; None without a finite bound), and ``rounding``: for
-        a model with a floating-point certificate (``reconstructor.certificate()``), its measured rounding rate,
-        which a ratio may exceed the bound by, and the levels eta below the dtype's resolution (None otherwise).
+        a model with a floating-point certificate (``reconstructor.certificate()``), the levels eta below the
+        dtype's resolution and, when a ratio exceeds the bound, the measured rounding rate the certificate adds
+        (None for a reconstructor without ``certificate()``).
 
     Raises
     ------
@@ -259,7 +260,7 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
     ratios = study["ratios"]
     finite = bound is not None and math.isfinite(bound)
     # a ratio is a violation only above what the certificate in floating point allows (docs/models.md)
-    allowed, rounding = rounding_allowance(reconstructor, bound, settings["etas"], ratios.size) if finite \
+    allowed, rounding = rounding_allowance(reconstructor, bound, settings["etas"], ratios) if finite \
         else (bound, None)
     result["stability"] = {
         "images": settings["images"], "settings": settings, "clean_psnr": stats(study["clean"]),

@@ -207,7 +207,7 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int 
     certified = method.bound_kind == "certified"
     finite = bound is not None and math.isfinite(bound)
     # a ratio counts as a violation only above what the certificate in floating point allows (docs/models.md)
-    allowed, rounding = rounding_allowance(method.module, bound, settings["etas"], ratios.size) \
+    allowed, rounding = rounding_allowance(method.module, bound, settings["etas"], ratios) \
         if certified and finite else (bound, None)
     return {
         "method": method.name, "kind": method.kind, "settings": settings, **method.extra,

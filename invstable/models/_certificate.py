@@ -131,30 +131,39 @@ def measure_rounding(run: Callable[[torch.Tensor], torch.Tensor], reference: Cal
     return safety * rate, safety * float(err0.max())
 
 
-def rounding_allowance(reconstructor, bound: float, etas, count: int):
+def rounding_allowance(reconstructor, bound: float, etas, ratios):
     r"""``(allowed, record)``: the largest ratio :math:`\|R(y + d) - R(y)\| / \|d\|` the floating-point
-    certificate of ``reconstructor`` allows for each of ``count`` ratios measured at the relative levels ``etas``
-    (``count / len(etas)`` ratios per level, in the order of ``etas``), and what was used.
+    certificate of ``reconstructor`` allows for each of the ``ratios`` measured at the relative levels ``etas``
+    (``len(ratios) / len(etas)`` ratios per level, in the order of ``etas``), and what was used.
 
-    With :math:`\|d\| \le \eta \|y\|` and :math:`\|y + d\| \ge (1 - \eta)\|y\|`, :meth:`Certificate.bound` allows
-    at least :math:`L + \rho (2 - \eta) / \eta` (the additive terms only add to it, so leaving them out counts a
-    violation too many rather than one too few). ``allowed`` is ``bound`` and ``record`` None when the
-    reconstructor has no :class:`Certificate` with a rounding term (a plain callable, a baseline). ``record``
-    lists the levels below :func:`resolution`, where the rounding term dominates and a ratio says little.
+    With :math:`\|d\| \le \eta \|y\|` and :math:`\|y + d\| \ge (1 - \eta)\|y\|`, :meth:`Certificate.bound`
+    allows at least :math:`L + \rho (2 - \eta) / \eta` (the additive terms only add to it, so leaving them out
+    counts a violation too many rather than one too few). ``allowed`` is ``bound`` and ``record`` None when the
+    reconstructor has no ``certificate()`` (a plain callable, a baseline). The certificate's rounding term is
+    measured (``reconstructor.certificate()``, cached, seconds to minutes) only when a ratio exceeds ``bound``;
+    ``record`` holds it (``rate``: None when not needed), the dtype, its resolution and the levels below it,
+    where the rounding term dominates and a ratio says little.
     """
     import numpy as np  # noqa: PLC0415 (only the evaluation reads ratios as arrays)
 
     certificate = getattr(reconstructor, "certificate", None)
     if not callable(certificate) or not math.isfinite(bound):
         return bound, None
+    ratios = np.asarray(ratios, dtype=float)
+    etas = np.asarray(list(etas), dtype=float)
+    if ratios.size % len(etas):
+        raise ValueError(f"{ratios.size} ratios cannot be split evenly over the {len(etas)} levels {etas.tolist()}")
+    floats = {p.dtype for p in getattr(reconstructor, "parameters", lambda: [])() if p.dtype in DTYPES}
+    dtype = torch.float32 if torch.float32 in floats or not floats else torch.float64  # the lowest precision
+    record = {"rate": None, "floor": None, "dtype": str(dtype).replace("torch.", ""), "resolution": resolution(dtype),
+              "etas_below_resolution": [float(e) for e in etas if e < resolution(dtype)]}
+    if not bool((ratios > bound).any()):
+        return bound, record
     cert = certificate()  # measured once per model and cached
     if not isinstance(cert, Certificate) or cert.dtype is None:
         return bound, None
-    etas = np.asarray(list(etas), dtype=float)
-    if count % len(etas):
-        raise ValueError(f"{count} ratios cannot be split evenly over the {len(etas)} levels {etas.tolist()}")
-    eta = np.repeat(etas, count // len(etas))
-    floor = resolution(cert.dtype)
-    record = {"rate": cert.rounding, "floor": cert.rounding_floor, "dtype": str(cert.dtype).replace("torch.", ""),
-              "resolution": floor, "etas_below_resolution": [float(e) for e in etas if e < floor]}
+    record.update(rate=cert.rounding, floor=cert.rounding_floor, dtype=str(cert.dtype).replace("torch.", ""),
+                  resolution=resolution(cert.dtype),
+                  etas_below_resolution=[float(e) for e in etas if e < resolution(cert.dtype)])
+    eta = np.repeat(etas, ratios.size // len(etas))
     return bound + cert.rounding * (2 - eta) / eta, record
