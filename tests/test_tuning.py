@@ -102,7 +102,8 @@ def test_a_recorded_tuning_is_reused_only_when_made_the_same_way():
               "tikhonov_identity": {"alpha": 0.01, "max_iter": 500, **_record(_methods.ALPHAS, 1e-2, 1)},
               "tikhonov_gradient": {"alpha": 0.01, "max_iter": 500, **_record(_methods.ALPHAS, 1e-5, 1)},
               "tv": {"lambda": 1e-3, "max_iter": _methods.tv_max_iter("ct-180", False), "tol": _methods.TV_TOL,
-                     "n_validation": _methods.TV_VALIDATION, **_record(_methods.LAMBDAS, 1e-3, 0)}}
+                     "prox_iter": _methods.TV_PROX_ITER, "n_validation": _methods.TV_VALIDATION,
+                     **_record(_methods.LAMBDAS, 1e-3, 0)}}
     tuning = json.loads(json.dumps(tuning))  # as read back from quality.json
     assert same_tuning(tuning, 32, False, "ct-180")
     assert not same_tuning(tuning, 16, False, "ct-180")  # other validation images
@@ -114,4 +115,7 @@ def test_a_recorded_tuning_is_reused_only_when_made_the_same_way():
     assert not same_tuning(other, 32, False, "ct-180")
     other = json.loads(json.dumps(tuning))
     other["tv"]["tol"] = 1e-3
+    assert not same_tuning(other, 32, False, "ct-180")
+    other = json.loads(json.dumps(tuning))
+    other["tv"]["prox_iter"] = 20  # the inexact proximal map of the records before
     assert not same_tuning(other, 32, False, "ct-180")

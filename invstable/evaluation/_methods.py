@@ -42,9 +42,12 @@ REFINE = {"tikhonov": 1, "tv": 0}
 TV_VALIDATION = 8
 #: (Tikhonov's CG iteration cap, TV's FISTA iteration cap) at the full size (False) and the quick one (True)
 ITERATIONS = {False: (500, 300), True: (150, 100)}
-#: TV's tolerance on the relative change of x (every sample), and its FISTA iteration cap per task at the full
-#: size, from a measurement of the iterations that reach it (docs/baselines.md, "TV iterations")
+#: TV's tolerance on the relative change of x (every sample), the iteration cap of its proximal map (deepinv's TV
+#: denoiser, which stops earlier at its own tolerance; with 20, FISTA stalls above TV_TOL), and its FISTA iteration
+#: cap per task at the full size, from a measurement of the iterations that reach TV_TOL (docs/baselines.md,
+#: "TV iterations")
 TV_TOL = 1e-5
+TV_PROX_ITER = 100
 TV_MAX_ITER: dict[str, int] = {}
 _MODELS: dict = {}
 
@@ -196,8 +199,8 @@ def tuned(name: str, *, n_val: int | None, quick: bool, reference_dir: str | Pat
         return {"n_validation": 0, "untuned": "no validation images: the middle of each grid (a smoke run)",
                 **{f"tikhonov_{reg}": {"alpha": middle(ALPHAS), "max_iter": max_iter, "validation_psnr": []}
                    for reg in ("identity", "gradient")},
-                "tv": {"lambda": middle(LAMBDAS), "max_iter": tv_iter, "tol": TV_TOL, "n_validation": 0,
-                       "validation_psnr": []}}
+                "tv": {"lambda": middle(LAMBDAS), "max_iter": tv_iter, "tol": TV_TOL, "prox_iter": TV_PROX_ITER,
+                       "n_validation": 0, "validation_psnr": []}}
     key = (name, n_val, quick, max_iter, tv_iter, None if reference_dir is None else str(Path(reference_dir).resolve()))
     if key not in _TUNING:
         _TUNING[key] = None if reference_dir is None else _published_tuning(name, n_val, quick, reference_dir)
@@ -215,13 +218,14 @@ def tuned(name: str, *, n_val: int | None, quick: bool, reference_dir: str | Pat
         convergence = {}
 
         def run_tv(lam):
-            solver = TotalVariation(op, lam, max_iter=tv_iter, tol=TV_TOL)
+            solver = TotalVariation(op, lam, max_iter=tv_iter, tol=TV_TOL, prox_iter=TV_PROX_ITER)
             out = solver(yv[:n_tv])
             convergence[lam] = [lam, solver.last_solve.iterations, solver.last_solve.max_relative_change]
             return out
 
         record = tune_weight(LAMBDAS, validation_score(run_tv, xv[:n_tv]), refine=REFINE["tv"])
-        tuning["tv"] = {"lambda": record["value"], "max_iter": tv_iter, "tol": TV_TOL, "n_validation": n_tv,
+        tuning["tv"] = {"lambda": record["value"], "max_iter": tv_iter, "tol": TV_TOL, "prox_iter": TV_PROX_ITER,
+                        "n_validation": n_tv,
                         "validation_psnr": record["validation_psnr"], "grid": record["grid"],
                         "convergence": [convergence[v] for v, _ in record["validation_psnr"]]}
         _TUNING[key] = {"n_validation": int(len(xv)), **tuning}
@@ -246,6 +250,7 @@ def same_tuning(tuning: dict, n_val: int, quick: bool, name: str | None = None) 
         return bool(tuning["n_validation"] == n_val
                     and tuning["tv"]["n_validation"] == min(n_val, TV_VALIDATION)
                     and tuning["tv"]["max_iter"] in caps and tuning["tv"]["tol"] == TV_TOL
+                    and tuning["tv"]["prox_iter"] == TV_PROX_ITER
                     and same_grid(tuning["tv"], LAMBDAS, REFINE["tv"])
                     and all(tuning[f"tikhonov_{r}"]["max_iter"] == max_iter
                             and same_grid(tuning[f"tikhonov_{r}"], ALPHAS, REFINE["tikhonov"])
@@ -306,10 +311,11 @@ def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool =
         make = (lambda a, r, n: lambda o: Tikhonov(o, a, regularizer=r, max_iter=n))(alpha, reg, max_iter)
         methods.append(Method(f"Tikhonov ({reg}, validation alpha)", "baseline", make(op), bound, kind,
                               {"alpha": alpha}, rebuild=make))
-    lam, tv_iter, tol = tuning["tv"]["lambda"], tuning["tv"]["max_iter"], tuning["tv"].get("tol", TV_TOL)
-    make = lambda o: TotalVariation(o, lam, max_iter=tv_iter, tol=tol)  # noqa: E731  (last_solve: convergence)
+    lam, tv_iter = tuning["tv"]["lambda"], tuning["tv"]["max_iter"]
+    tol, prox_iter = tuning["tv"].get("tol", TV_TOL), tuning["tv"].get("prox_iter", TV_PROX_ITER)
+    make = lambda o: TotalVariation(o, lam, max_iter=tv_iter, tol=tol, prox_iter=prox_iter)  # noqa: E731
     methods.append(Method("TV (validation lambda)", "baseline", make(op), lambda: math.inf, "no certificate",
-                          {"lambda": lam, "max_iter": tv_iter, "tol": tol}, rebuild=make))
+                          {"lambda": lam, "max_iter": tv_iter, "tol": tol, "prox_iter": prox_iter}, rebuild=make))
     return methods, tuning
 
 
