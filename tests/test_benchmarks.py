@@ -221,7 +221,7 @@ def test_published_tuning_is_reused_only_for_the_same_computation(tmp_path, monk
               "tikhonov_gradient": {"alpha": 0.02, "max_iter": 500, "validation_psnr": curve(_methods.ALPHAS),
                                     "grid": widened(_methods.ALPHAS, "tikhonov")},
               "tv": {"lambda": 0.001, "max_iter": _methods.tv_max_iter("ct-30", False), "tol": _methods.TV_TOL,
-                     "n_validation": 8, "validation_psnr": curve(_methods.LAMBDAS),
+                     "prox_iter": _methods.TV_PROX_ITER, "n_validation": 8, "validation_psnr": curve(_methods.LAMBDAS),
                      "grid": widened(_methods.LAMBDAS, "tv")}}
     payload = {"environment": {"git_commit": "abc"}, "tasks": [{"task": "ct-30", "tuning": tuning}]}
     folder = tmp_path / "benchmarks" / "results"  # the reference folder, shown relative to the current one
