@@ -357,8 +357,8 @@ def run(args) -> int:
             model = model.to(device)
             x = model(y)
             note = {"method": method, "lipschitz_bound": model.lipschitz_bound()}
-            if hasattr(model, "certificate"):
-                cert = model.certificate()
+            if hasattr(model, "last_solve"):  # a variational model (an unrolled one has a certificate() too)
+                cert = model.certificate(rounding=False)  # only its additive term is reported (no measurement)
                 note.update(model.parameters_dict(), additive=cert.additive,
                             iterations=model.last_solve.iterations)
     if scaling is not None:
