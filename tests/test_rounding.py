@@ -187,3 +187,18 @@ def test_check_certificate_reads_ratios_with_the_rounding_term_and_flags_tiny_pe
         check_certificate(lambda t: t, y, tiny)
     with pytest.raises(ValueError, match="identical"):
         check_certificate(model, y, y.clone())
+
+
+def test_learned_filter_both_paths_within_the_certificate(one_thread):
+    """A learned first guess runs as a weighted Chebyshev basis without autograd and by Clenshaw's recurrence with
+    it (a stability search); their rounding differs and the certificate covers both."""
+    op = Blur(gaussian_kernel(2.0), image_size=SIZE)
+    model = _unrolled(op, init="learned", init_alpha=1e-3, init_degree=60)
+    gen = torch.Generator().manual_seed(5)
+    y = op.A(torch.rand(2, 1, SIZE, SIZE, generator=gen))
+    cert = model.certificate()
+    for y2 in _pairs(y, (1e-6,), 2, gen):
+        with torch.no_grad():
+            plain = _norms(model(y2) - model(y))
+        graded = _norms(model(y2.clone().requires_grad_()) - model(y.clone().requires_grad_()))
+        assert bool((plain <= cert.bound(y, y2)).all()) and bool((graded <= cert.bound(y, y2)).all())
