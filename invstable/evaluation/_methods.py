@@ -48,7 +48,7 @@ ITERATIONS = {False: (500, 300), True: (150, 100)}
 #: "TV iterations")
 TV_TOL = 1e-5
 TV_PROX_ITER = 100
-TV_MAX_ITER: dict[str, int] = {}
+TV_MAX_ITER = {"ct-30": 1000, "ct-30-lowdose": 1000, "ct-180": 1700, "blur-g2": 1800}
 _MODELS: dict = {}
 
 
