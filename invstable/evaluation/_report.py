@@ -98,6 +98,11 @@ def quality_section(payload, rel, folder) -> list[str]:
         if notes:
             lines += [" ".join(notes), ""]
         lines += _grid_edges(t.get("tuning", {}))
+        for r in t["rows"]:  # iterative baselines: how far the solver got (PROTOCOLS.md, "Tuning and training")
+            if r.get("relative_change_max") is not None:
+                lines += [f"{r['method']}: {r['iterations']} iterations (cap {r.get('max_iter')}), final relative "
+                          f"change {r['relative_change_max']:.2g} (tolerance {r.get('tol')}): "
+                          + ("converged." if r.get("converged") else "**not converged**."), ""]
         _targets(lines, t.get("targets"))
     _figure(lines, rel, folder, "quality.png", "reconstructions side by side")
     return lines
