@@ -18,7 +18,7 @@ import torch
 
 from ..data import task as get_task
 from ..models._certificate import rounding_allowance
-from ..stability import adversarial_perturbation, random_perturbation
+from ..stability import adversarial_search, random_perturbation
 from ._metrics import psnr, scores
 
 #: the stability protocol (PROTOCOLS.md): the first 20 test images, eta in {0.5, 1, 2, 5} % of ||y||, projected
@@ -26,6 +26,9 @@ from ._metrics import psnr, scores
 STABILITY_PROTOCOL = {"images": 20, "etas": [0.005, 0.01, 0.02, 0.05], "steps": 200, "restarts": 3}
 #: the objectives of the adversarial search: away from R(y), and away from the truth x
 OBJECTIVES = ("adversarial", "adversarial_x")
+#: early stopping of the searches: every start runs at least MIN_STEPS steps, then stops when its best objective
+#: has not risen by REL_TOL (relative) in PATIENCE steps
+MIN_STEPS, PATIENCE, REL_TOL = 50, 20, 1e-3
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
@@ -42,65 +45,104 @@ def stats(v: np.ndarray) -> dict:
     return {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)), "max": float(np.max(v))}
 
 
-def perturbation_study(reconstruct: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
-                       etas, steps: int, restarts: int, batch: int = 10, seed: int = 0,
-                       transfer: dict | None = None, found: dict | None = None) -> dict:
-    """The random and adversarial perturbation protocol of one reconstructor on images ``x`` (measurements ``y``).
+def study(reconstruct, x, y, settings: dict, *, attack=None, transfer: dict | None = None, found: dict | None = None,
+          batch: int = 20, seed: int = 0) -> dict:
+    """The random and adversarial protocol of one reconstructor on images ``x`` (measurements ``y``).
 
-    For each relative level ``eta`` (of ``||y_i||``): a Gaussian perturbation of norm ``eta ||y_i||``, and the
-    worst perturbation found by :func:`invstable.stability.adversarial_perturbation` maximising
-    ``||R(y + d) - R(y)||`` ("adversarial") and ``||R(y + d) - x||`` ("adversarial_x"); PSNR against the truth and
-    the ratio ``||R(y + d) - R(y)|| / ||d||`` of each.
+    For each relative level eta: a Gaussian perturbation of norm eta ||y_i||, and the worst perturbations of
+    :func:`invstable.stability.adversarial_search` maximising ||R(y + d) - R(y)|| ("adversarial") and
+    ||R(y + d) - x|| ("adversarial_x"), all the levels and starts of ``batch`` images in one search.
 
-    With ``transfer`` (the perturbations ``found`` for another reconstructor, keyed by (batch start, eta,
-    objective)), no search runs: the reconstructor is evaluated at those perturbations (a transfer attack, a
-    weaker lower bound). ``found``, when given, collects this reconstructor's perturbations in that form.
+    The perturbations are searched on ``attack`` (a pair ``(R', aux)``: ``R'(y, aux)`` differentiable, e.g. an
+    unrolled solver warm-started at ``aux``; default: ``reconstruct`` itself) and on nothing when ``attack`` is
+    False; ``transfer`` (perturbations ``found`` for another method, by (batch start, eta, objective)) adds a
+    second candidate. Every candidate is evaluated on ``reconstruct``; per image the one with the larger objective
+    is kept, and each source's mean PSNR is recorded in ``sources``.
 
-    Returns ``{"clean": PSNR per image, "per_eta": [row per eta], "ratios": every ratio, "example": {...}}``;
-    each row holds ``eta``, ``{random,adversarial,adversarial_x}_psnr`` (stats), ``..._loss_db`` (mean PSNR lost
-    against the clean reconstruction) and ``ratio_{random,adversarial,adversarial_x}`` (stats).
+    Returns ``{"clean", "per_eta", "ratios", "example", "picture", "steps_used", "sources"}``.
     """
-    per_eta = {eta: {"random": [], "adversarial": [], "adversarial_x": [], "ratio_random": [],
-                     "ratio_adversarial": [], "ratio_adversarial_x": []} for eta in etas}
-    clean, example = [], {}
+    etas = settings["etas"]
+    keys = ("random",) + OBJECTIVES
+    acc = {eta: {k: [] for k in keys + tuple(f"ratio_{k}" for k in keys)} for eta in etas}
+    by_source: dict = {}
+    steps_used = {eta: {k: [] for k in OBJECTIVES} for eta in etas}
+    warm = {eta: False for eta in etas}
+    clean, example, picture = [], {}, {}
     for b0 in range(0, len(y), batch):
         xb, yb = x[b0:b0 + batch], y[b0:b0 + batch]
         with torch.no_grad():
             base = reconstruct(yb)
         clean.append(psnr(base, xb))
+        candidates = {}  # source -> {(eta, key): delta}
+        if attack is not False:
+            fn, aux = (reconstruct, None) if attack is None else (attack[0], attack[1][b0:b0 + batch])
+            searched = {}
+            for key, target in zip(OBJECTIVES, (None, xb)):
+                levels = adversarial_search(fn, yb, etas, target=target, steps=settings["steps"],
+                                            restarts=settings["restarts"], min_steps=min(MIN_STEPS, settings["steps"]),
+                                            patience=PATIENCE, rel_tol=REL_TOL, seed=seed + b0,
+                                            base=base if attack is None else None, aux=aux)
+                for lvl in levels:
+                    searched[(lvl.eta, key)] = lvl.delta
+                    steps_used[lvl.eta][key].append(lvl.steps.flatten().numpy())
+                    warm[lvl.eta] = warm[lvl.eta] or lvl.warm
+            candidates["search"] = searched
+        if transfer is not None:
+            candidates["transfer"] = {(eta, key): transfer[(b0, eta, key)] for eta in etas for key in OBJECTIVES}
         for eta in etas:
-            acc = per_eta[eta]
             d = random_perturbation(yb, eta, seed=seed + b0)
             with torch.no_grad():
                 out = reconstruct(yb + d)
-            acc["random"].append(psnr(out, xb))
-            acc["ratio_random"].append(_ratio(out, base, d))
-            for key, target in zip(OBJECTIVES, (None, xb)):
-                att = None
-                if transfer is not None:
-                    delta = transfer[(b0, eta, key)]
-                else:
-                    att = adversarial_perturbation(reconstruct, yb, eta, target=target, steps=steps,
-                                                   restarts=restarts, seed=seed + b0)
-                    delta = att.delta
+            acc[eta]["random"].append(psnr(out, xb))
+            acc[eta]["ratio_random"].append(_ratio(out, base, d))
+            for key, ref in zip(OBJECTIVES, (base, xb)):
+                best_obj, best = None, None
+                for source, deltas in candidates.items():
+                    delta = deltas[(eta, key)]
+                    with torch.no_grad():
+                        out = reconstruct(yb + delta)
+                    obj = (out - ref).flatten(1).norm(dim=1)
+                    p = psnr(out, xb)
+                    by_source.setdefault(source, {}).setdefault((eta, key), []).append(p)
+                    if best is None:
+                        best_obj, best = obj, [delta, out, p]
+                    else:  # the larger loss of the sources, per image
+                        take = obj > best_obj
+                        best_obj = torch.where(take, obj, best_obj)
+                        best[0] = torch.where(take.view((-1,) + (1,) * (delta.ndim - 1)), delta, best[0])
+                        best[1] = torch.where(take.view((-1,) + (1,) * (out.ndim - 1)), out, best[1])
+                        best[2] = np.where(take.numpy(), p, best[2])
+                delta, out, p = best
                 if found is not None:
                     found[(b0, eta, key)] = delta
-                with torch.no_grad():
-                    out = reconstruct(yb + delta)
-                ratio = _ratio(out, base, delta) if att is None else att.ratio.double().cpu().numpy()
-                acc[key].append(psnr(out, xb))
-                acc[f"ratio_{key}"].append(ratio)
-                if b0 == 0 and key == "adversarial_x" and eta == max(etas):
-                    example = {"eta": eta, "image": out[0, 0].detach().clamp(0, 1).cpu().numpy()}
+                acc[eta][key].append(p)
+                acc[eta][f"ratio_{key}"].append(_ratio(out, base, delta))
+                if b0 == 0 and eta == max(etas):
+                    if key == "adversarial_x":
+                        example = {"eta": eta, "image": out[0, 0].detach().clamp(0, 1).cpu().numpy()}
+                    else:  # the worst perturbation against R(y) and the change it causes (the hallucination)
+                        picture = {"eta": eta, "delta": delta[0].detach().cpu().numpy(),
+                                   "clean": base[0, 0].detach().cpu().numpy(),
+                                   "perturbed": out[0, 0].detach().cpu().numpy()}
     clean = np.concatenate(clean)
     rows, all_ratios = [], []
-    for eta, acc in per_eta.items():
-        v = {k: np.concatenate(a) for k, a in acc.items()}
-        all_ratios += [v["ratio_random"], v["ratio_adversarial"], v["ratio_adversarial_x"]]
-        rows.append({"eta": eta, **{f"{k}_psnr": stats(v[k]) for k in ("random", "adversarial", "adversarial_x")},
-                     **{f"{k}_loss_db": float(np.mean(clean - v[k])) for k in ("random", "adversarial", "adversarial_x")},
-                     **{k: stats(v[k]) for k in ("ratio_random", "ratio_adversarial", "ratio_adversarial_x")}})
-    return {"clean": clean, "per_eta": rows, "ratios": np.concatenate(all_ratios), "example": example}
+    for eta in etas:
+        v = {k: np.concatenate(a) for k, a in acc[eta].items()}
+        all_ratios += [v[f"ratio_{k}"] for k in keys]
+        row = {"eta": eta, **{f"{k}_psnr": stats(v[k]) for k in keys},
+               **{f"{k}_loss_db": float(np.mean(clean - v[k])) for k in keys},
+               **{f"ratio_{k}": stats(v[f"ratio_{k}"]) for k in keys}}
+        if attack is not False:
+            used = {k: np.concatenate(steps_used[eta][k]) for k in OBJECTIVES}
+            row["steps_used"] = {k: {"mean": float(u.mean()), "max": int(u.max()), "min": int(u.min())}
+                                 for k, u in used.items()}
+            row["warm_started"] = bool(warm[eta])
+        if len(by_source) > 1:
+            row["sources"] = {src: {f"{k}_psnr": float(np.mean(np.concatenate(per[(eta, k)]))) for k in OBJECTIVES}
+                              for src, per in by_source.items()}
+        rows.append(row)
+    return {"clean": clean, "per_eta": rows, "ratios": np.concatenate(all_ratios), "example": example,
+            "picture": picture}
 
 
 def _positive(name: str, value, *, none: bool = False):
@@ -192,7 +234,7 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
     --------
     invstable.training.evaluate : the same word for the same act on any paired dataset (mean PSNR of a model on
         validation pairs, what training monitors); this function scores on a protocol task's test split.
-    invstable.stability.adversarial_perturbation : the search behind ``stability=True``.
+    invstable.stability.adversarial_search : the search behind ``stability=True``.
 
     Examples
     --------
@@ -254,17 +296,16 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
                         "its gradient), but its output does not depend on y through autograd; write it with torch "
                         "operations, or pass stability=False")
     start = time.perf_counter()
-    study = perturbation_study(run, xs_, ys_, etas=settings["etas"], steps=settings["steps"],
-                               restarts=settings["restarts"], batch=batch_size, seed=seed)
+    study_ = study(run, xs_, ys_, settings, batch=batch_size, seed=seed)
     bound = _bound(reconstructor)
-    ratios = study["ratios"]
+    ratios = study_["ratios"]
     finite = bound is not None and math.isfinite(bound)
     # a ratio is a violation only above what the certificate in floating point allows (docs/models.md)
     allowed, rounding = rounding_allowance(reconstructor, bound, settings["etas"], ratios) if finite \
         else (bound, None)
     result["stability"] = {
-        "images": settings["images"], "settings": settings, "clean_psnr": stats(study["clean"]),
-        "per_eta": study["per_eta"], "empirical_lipschitz": float(ratios.max()), "pairs_checked": int(ratios.size),
+        "images": settings["images"], "settings": settings, "clean_psnr": stats(study_["clean"]),
+        "per_eta": study_["per_eta"], "empirical_lipschitz": float(ratios.max()), "pairs_checked": int(ratios.size),
         "lipschitz_bound": bound,
         "ratio_to_bound": float(ratios.max() / bound) if finite and bound > 0 else None,
         "violations": int((ratios > allowed).sum()) if finite else None, "rounding": rounding,

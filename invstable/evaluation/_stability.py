@@ -5,8 +5,8 @@ For every method of the benchmarks (FBP, Tikhonov, TV, each shipped model, the d
 test images of a task and relative noise levels eta (of ||y||):
 
 - random: a Gaussian perturbation of norm eta ||y||, PSNR against the truth;
-- adversarial: :func:`invstable.stability.adversarial_perturbation` (projected Adam, random starts, worst kept)
-  maximising ||R(y + d) - R(y)||, and again maximising ||R(y + d) - x``; PSNR against the truth of both;
+- adversarial: :func:`invstable.stability.adversarial_search` (projected Adam, random starts, worst kept)
+  maximising ||R(y + d) - R(y)||, and again maximising ||R(y + d) - x||; PSNR against the truth of both;
 - the empirical Lipschitz ratio ||R(y + d) - R(y)|| / ||d|| of every perturbation tried, its maximum, the
   method's bound (certified for the stable models, the exact constant for Tikhonov) and the count of
   violations (a ratio above a certified bound), which must be 0.
@@ -42,18 +42,13 @@ import torch
 from ..baselines import tv
 from ..data import task as get_task
 from ..models._certificate import rounding_allowance
-from ..stability import adversarial_search, random_perturbation
-from ._evaluate import OBJECTIVES, STABILITY_PROTOCOL, stats
-from ._metrics import psnr
+from ._evaluate import STABILITY_PROTOCOL, stats, study
 from ._methods import baselines, learned, pairs, peer
 from ._record import environment, results_folder, write_result
 from ._report import stability_task_figure
 
 PROTOCOL = {**STABILITY_PROTOCOL, "validation": 32}
 QUICK = {"images": 2, "etas": [0.01, 0.05], "steps": 5, "restarts": 1, "validation": 8}
-#: steps every start of a search runs before it may stop early (the protocol's ``steps`` is the cap), and the
-#: window over which its best objective must rise by a relative ``REL_TOL``
-MIN_STEPS, PATIENCE, REL_TOL = 50, 20, 1e-3
 #: FISTA iterations (and prox iterations) of the unrolled TV that TV's direct attack differentiates
 TV_UNROLLED = {"max_iter": 50, "prox_iter": 5}
 REFERENCE = "Tikhonov (identity, validation alpha)"
@@ -73,110 +68,6 @@ def _unrolled_tv(method, op):
             warnings.simplefilter("ignore")
             return tv(y, op, lam, tol=1e-12, x0=x0, **TV_UNROLLED)
     return reconstruct
-
-
-def study(reconstruct, x, y, settings: dict, *, attack=None, transfer: dict | None = None, found: dict | None = None,
-          batch: int = 20, seed: int = 0) -> dict:
-    """The random and adversarial protocol of one reconstructor on images ``x`` (measurements ``y``).
-
-    For each relative level eta: a Gaussian perturbation of norm eta ||y_i||, and the worst perturbations of
-    :func:`invstable.stability.adversarial_search` maximising ||R(y + d) - R(y)|| ("adversarial") and
-    ||R(y + d) - x|| ("adversarial_x"), all the levels and starts of ``batch`` images in one search.
-
-    The perturbations are searched on ``attack`` (a pair ``(R', aux)``: ``R'(y, aux)`` differentiable, e.g. an
-    unrolled solver warm-started at ``aux``; default: ``reconstruct`` itself) and on nothing when ``attack`` is
-    False; ``transfer`` (perturbations ``found`` for another method, by (batch start, eta, objective)) adds a
-    second candidate. Every candidate is evaluated on ``reconstruct``; per image the one with the larger objective
-    is kept, and each source's mean PSNR is recorded in ``sources``.
-
-    Returns ``{"clean", "per_eta", "ratios", "example", "picture", "steps_used", "sources"}``.
-    """
-    etas = settings["etas"]
-    keys = ("random",) + OBJECTIVES
-    acc = {eta: {k: [] for k in keys + tuple(f"ratio_{k}" for k in keys)} for eta in etas}
-    by_source: dict = {}
-    steps_used = {eta: {k: [] for k in OBJECTIVES} for eta in etas}
-    warm = {eta: False for eta in etas}
-    clean, example, picture = [], {}, {}
-    for b0 in range(0, len(y), batch):
-        xb, yb = x[b0:b0 + batch], y[b0:b0 + batch]
-        with torch.no_grad():
-            base = reconstruct(yb)
-        clean.append(psnr(base, xb))
-        candidates = {}  # source -> {(eta, key): delta}
-        if attack is not False:
-            fn, aux = (reconstruct, None) if attack is None else (attack[0], attack[1][b0:b0 + batch])
-            searched = {}
-            for key, target in zip(OBJECTIVES, (None, xb)):
-                levels = adversarial_search(fn, yb, etas, target=target, steps=settings["steps"],
-                                            restarts=settings["restarts"], min_steps=min(MIN_STEPS, settings["steps"]),
-                                            patience=PATIENCE, rel_tol=REL_TOL, seed=seed + b0,
-                                            base=base if attack is None else None, aux=aux)
-                for lvl in levels:
-                    searched[(lvl.eta, key)] = lvl.delta
-                    steps_used[lvl.eta][key].append(lvl.steps.flatten().numpy())
-                    warm[lvl.eta] = warm[lvl.eta] or lvl.warm
-            candidates["search"] = searched
-        if transfer is not None:
-            candidates["transfer"] = {(eta, key): transfer[(b0, eta, key)] for eta in etas for key in OBJECTIVES}
-        for eta in etas:
-            d = random_perturbation(yb, eta, seed=seed + b0)
-            with torch.no_grad():
-                out = reconstruct(yb + d)
-            acc[eta]["random"].append(psnr(out, xb))
-            acc[eta]["ratio_random"].append(_ratio(out, base, d))
-            for key, ref in zip(OBJECTIVES, (base, xb)):
-                best_obj, best = None, None
-                for source, deltas in candidates.items():
-                    delta = deltas[(eta, key)]
-                    with torch.no_grad():
-                        out = reconstruct(yb + delta)
-                    obj = (out - ref).flatten(1).norm(dim=1)
-                    p = psnr(out, xb)
-                    by_source.setdefault(source, {}).setdefault((eta, key), []).append(p)
-                    if best is None:
-                        best_obj, best = obj, [delta, out, p]
-                    else:  # the larger loss of the sources, per image
-                        take = obj > best_obj
-                        best_obj = torch.where(take, obj, best_obj)
-                        best[0] = torch.where(take.view((-1,) + (1,) * (delta.ndim - 1)), delta, best[0])
-                        best[1] = torch.where(take.view((-1,) + (1,) * (out.ndim - 1)), out, best[1])
-                        best[2] = np.where(take.numpy(), p, best[2])
-                delta, out, p = best
-                if found is not None:
-                    found[(b0, eta, key)] = delta
-                acc[eta][key].append(p)
-                acc[eta][f"ratio_{key}"].append(_ratio(out, base, delta))
-                if b0 == 0 and eta == max(etas):
-                    if key == "adversarial_x":
-                        example = {"eta": eta, "image": out[0, 0].detach().clamp(0, 1).cpu().numpy()}
-                    else:  # the worst perturbation against R(y) and the change it causes (the hallucination)
-                        picture = {"eta": eta, "delta": delta[0].detach().cpu().numpy(),
-                                   "clean": base[0, 0].detach().cpu().numpy(),
-                                   "perturbed": out[0, 0].detach().cpu().numpy()}
-    clean = np.concatenate(clean)
-    rows, all_ratios = [], []
-    for eta in etas:
-        v = {k: np.concatenate(a) for k, a in acc[eta].items()}
-        all_ratios += [v[f"ratio_{k}"] for k in keys]
-        row = {"eta": eta, **{f"{k}_psnr": stats(v[k]) for k in keys},
-               **{f"{k}_loss_db": float(np.mean(clean - v[k])) for k in keys},
-               **{f"ratio_{k}": stats(v[f"ratio_{k}"]) for k in keys}}
-        if attack is not False:
-            used = {k: np.concatenate(steps_used[eta][k]) for k in OBJECTIVES}
-            row["steps_used"] = {k: {"mean": float(u.mean()), "max": int(u.max()), "min": int(u.min())}
-                                 for k, u in used.items()}
-            row["warm_started"] = bool(warm[eta])
-        if len(by_source) > 1:
-            row["sources"] = {src: {f"{k}_psnr": float(np.mean(np.concatenate(per[(eta, k)]))) for k in OBJECTIVES}
-                              for src, per in by_source.items()}
-        rows.append(row)
-    return {"clean": clean, "per_eta": rows, "ratios": np.concatenate(all_ratios), "example": example,
-            "picture": picture}
-
-
-def _ratio(out: torch.Tensor, base: torch.Tensor, d: torch.Tensor) -> np.ndarray:
-    return ((out - base).flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1).clamp_min(1e-30)).double().cpu().numpy()
 
 
 def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int = 0,
