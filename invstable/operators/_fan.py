@@ -13,7 +13,7 @@ import torch
 from ._base import Operator, check_tensor
 from ._norms import matrix_norm
 from ._sparse import SparseProduct, to_torch_csr
-from .functional._radon import _bilinear, angles_in_degrees
+from .functional._radon import angles_in_degrees, ray_sample_matrix
 
 # Lanczos (ARPACK) converges to the largest singular value from below to about its tolerance; the margin
 # covers that and the float32 rounding of the stored matrix (as for ParallelBeamCT).
@@ -108,7 +108,6 @@ def fan_projector_matrix(image_size: int, theta: np.ndarray, source_distance: fl
     """
     n = image_size
     centre = (n - 1) / 2.0
-    n_angles = len(theta)
     u = detector_offsets(detectors, detector_spacing)
     length = np.hypot(detector_distance, u)
     along, across = detector_distance / length, u / length  # ray direction in the (central ray, detector) frame
@@ -118,22 +117,7 @@ def fan_projector_matrix(image_size: int, theta: np.ndarray, source_distance: fl
     t = source_distance * along[:, None] + steps[None, :]  # (detectors, samples)
     a = -source_distance + t * along[:, None]  # coordinate along the central ray
     b = t * across[:, None]  # coordinate along the detector axis
-    det_index = np.repeat(np.arange(detectors), len(steps))
-    rows_out, cols_out, vals_out = [], [], []
-    for j, angle in enumerate(np.deg2rad(theta)):
-        cos_a, sin_a = math.cos(angle), math.sin(angle)
-        # central ray along (sin, cos) and detector axis along (cos, -sin), in (column, row)
-        col = centre + a * sin_a + b * cos_a
-        row = centre + a * cos_a - b * sin_a
-        k, pix, w = _bilinear(row.reshape(-1), col.reshape(-1), n)
-        rows_out.append(det_index[k] * n_angles + j)
-        cols_out.append(pix)
-        vals_out.append(w)
-    matrix = sp.coo_matrix(
-        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
-        shape=(detectors * n_angles, n * n),
-    )
-    return matrix.tocsr()  # sums the duplicates: samples of one ray that share a pixel
+    return ray_sample_matrix(a, b, theta, n, centre)
 
 
 @functools.lru_cache(maxsize=8)

@@ -105,14 +105,23 @@ def projector_matrix(image_size: int, theta: np.ndarray, detectors: int) -> sp.c
     length = default_detectors(n)  # samples along each ray cover the image diagonal
     s = np.arange(length, dtype=np.float64) - length // 2
     t = np.arange(detectors, dtype=np.float64) - detectors // 2
-    n_angles = len(theta)
-    rows_out, cols_out, vals_out = [], [], []
     tt, ss = np.meshgrid(t, s, indexing="ij")  # (detectors, length)
-    det_index = np.repeat(np.arange(detectors), length)
+    return ray_sample_matrix(ss, tt, theta, n, centre)
+
+
+def ray_sample_matrix(along: np.ndarray, across: np.ndarray, theta: np.ndarray, image_size: int,
+                      centre: float) -> sp.csr_matrix:
+    """Sparse projector from ray samples: ``along[k, i]``, ``across[k, i]`` are the coordinates of sample ``i`` of
+    detector ``k``'s ray along the central ray and along the detector axis (pixels, from ``centre``), rotated by
+    each angle of ``theta`` (degrees); each sample adds its bilinear weights. Row ``k * len(theta) + j``."""
+    n, n_angles, detectors = image_size, len(theta), along.shape[0]
+    rows_out, cols_out, vals_out = [], [], []
+    det_index = np.repeat(np.arange(detectors), along.shape[1])
     for j, angle in enumerate(np.deg2rad(theta)):
         cos_a, sin_a = math.cos(angle), math.sin(angle)
-        col = centre + tt * cos_a + ss * sin_a
-        row = centre - tt * sin_a + ss * cos_a
+        # central ray along (sin, cos) and detector axis along (cos, -sin), in (column, row)
+        col = centre + across * cos_a + along * sin_a
+        row = centre - across * sin_a + along * cos_a
         k, pix, w = _bilinear(row.reshape(-1), col.reshape(-1), n)
         rows_out.append(det_index[k] * n_angles + j)
         cols_out.append(pix)
