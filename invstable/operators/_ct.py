@@ -8,9 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._base import Operator, check_tensor
 from ._norms import matrix_norm
-from ._sparse import SparseProduct, to_torch_csr
+from ._base import SinogramOperator
+from ._sparse import to_torch_csr
 from .functional._radon import (
     angles_in_degrees,
     backprojector_matrix,
@@ -53,7 +53,7 @@ def _backprojector(image_size: int, theta_key: tuple[float, ...], detectors: int
     return backprojector_matrix(image_size, np.asarray(theta_key), detectors)
 
 
-class ParallelBeamCT(Operator):
+class ParallelBeamCT(SinogramOperator):
     r"""Parallel-beam Radon transform of square images, with an exact adjoint.
 
     Parameters
@@ -184,68 +184,8 @@ class ParallelBeamCT(Operator):
         state["_cache"] = {}  # torch sparse tensors cannot be deep-copied or pickled; they are rebuilt lazily
         return state
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        # the angles travel with the state (they are not state), so that loading a state made with other angles
-        # is refused instead of silently keeping these
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "angles"] = self.angles
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        key = prefix + "angles"
-        if key in state_dict:
-            theirs = state_dict[key]
-            if not isinstance(theirs, torch.Tensor) or not theirs.is_floating_point() or theirs.shape != (
-                    self.n_angles,) or not torch.equal(theirs.detach().cpu(), self.angles.to(theirs.dtype)):
-                count = theirs.numel() if isinstance(theirs, torch.Tensor) else "?"
-                error_msgs.append(
-                    f"{key}: the state holds other angles ({count} of them) than this ParallelBeamCT "
-                    f"({self.n_angles}); the geometry is configuration, not state: build the operator with "
-                    f"operator_from_config(config) instead"
-                )
-                return
-            state_dict = {k: v for k, v in state_dict.items() if k != key}  # checked: not a tensor to load
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = {}  # moved or cast: rebuild the torch matrices lazily on the new device
-        return super()._apply(fn, *args, **kwargs)
-
-    def _product(self, which: str, t: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-        compute = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
-        lead = t.shape[:-2]
-        flat = t.reshape(-1, t.shape[-2] * t.shape[-1]).to(compute).T
-        out = SparseProduct.apply(flat, self, which)
-        return out.T.reshape(*lead, *out_hw).to(t.dtype)
-
-    def check_image(self, x: torch.Tensor, name: str = "x") -> None:
-        check_tensor(x, name)
-        if x.ndim < 3 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)} but ParallelBeamCT(image_size={self.image_size}) takes images "
-                f"of shape (B, C, {self.image_size}, {self.image_size})"
-            )
-
-    def check_measurement(self, y: torch.Tensor, name: str = "y") -> None:
-        check_tensor(y, name)
-        expected = (self.detectors, self.n_angles)
-        if y.ndim < 3 or tuple(y.shape[-2:]) != expected:
-            raise ValueError(
-                f"{name} has shape {tuple(y.shape)} but the operator produces (B, C, {expected[0]}, {expected[1]}); "
-                f"pass a sinogram from ParallelBeamCT(image_size={self.image_size}, angles={self.n_angles}) "
-                f"with detectors on axis -2 and angles on axis -1"
-            )
-
-    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        self.check_image(x)
-        y = self._product("projector", x, (self.detectors, self.n_angles))
-        return y * self.scale if self.scale != 1.0 else y
-
-    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        self.check_measurement(y)
-        x = self._product("adjoint", y, (self.image_size, self.image_size))
-        return x * self.scale if self.scale != 1.0 else x
+    def _measurement_origin(self) -> str:
+        return f"ParallelBeamCT(image_size={self.image_size}, angles={self.n_angles})"
 
     def backproject(self, y: torch.Tensor) -> torch.Tensor:
         """Pixel-driven back-projection of (filtered) projections, in the units of the unscaled transform.
