@@ -4,15 +4,18 @@ The peer (deepinv's unrolled PGD with a DnCNN prior, sized and trained like the 
 :class:`invstable.evaluation.DeepinvPeer`; this script trains it with :func:`invstable.evaluation.train_peer` and
 stores its weights in ``benchmarks/results/peer-<task>.safetensors``, where the benchmarks find it.
 
-    python -m benchmarks.peer --task ct-30      # trains (1 500 steps) and writes the weights
-    python -m benchmarks.peer --task blur-g2    # 1 000 steps
+    python -m benchmarks.peer --task ct-30                 # trains (3 300 steps) and writes the weights
+    python -m benchmarks.peer --task blur-g2 --until 1500  # stops at step 1 500 (checkpoint kept)
+    python -m benchmarks.peer --task blur-g2 --resume      # continues the same schedule
+
+The checkpoint (``checkpoints/peer-<task>/checkpoint.pt``, under 1 MB) is rewritten at every validation.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks._common import RESULTS
+from benchmarks._common import RESULTS, ROOT
 from invstable.evaluation import PEER_RECIPE, peer_weights_path, train_peer
 
 
@@ -22,11 +25,18 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped models' budget)")
     parser.add_argument("--out", default=None, help="folder of the weights (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--until", type=int, default=None, help="stop after this step (resume later)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file (default checkpoints/peer-<task>/checkpoint.pt)")
     args = parser.parse_args(argv)
     out = RESULTS if args.out is None else args.out
-    record = train_peer(args.task, steps=args.steps, out=out, threads=args.threads)
+    checkpoint = args.checkpoint or ROOT / "checkpoints" / f"peer-{args.task}" / "checkpoint.pt"
+    record = train_peer(args.task, steps=args.steps, out=out, threads=args.threads, checkpoint=checkpoint,
+                        resume=args.resume, until=args.until)
+    where = f"written {peer_weights_path(args.task, out)}" if record["complete"] else f"checkpoint {checkpoint}"
     print(f"best validation PSNR {record['validation_psnr']:.2f} dB at step {record['best_step']} "
-          f"({record['train_seconds']:.0f} s); written {peer_weights_path(args.task, out)}")
+          f"({record['train_seconds']:.0f} s); {where}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,23 @@ def test_peer_training_writes_loadable_weights_and_refuses_foreign_files(tmp_pat
         load_peer("ct-30", tmp_path / "absent.safetensors")
 
 
+def test_peer_training_split_over_two_runs_is_the_uninterrupted_run(tmp_path):
+    quiet = {"steps": 3, "threads": 1, "validation_count": 2, "log": lambda *_: None}
+    whole = train_peer("blur-g2", out=tmp_path / "whole", checkpoint=tmp_path / "whole.pt", **quiet)
+    first = train_peer("blur-g2", out=tmp_path / "split", checkpoint=tmp_path / "split.pt", until=1, **quiet)
+    assert not first["complete"] and not weights_path("blur-g2", tmp_path / "split").exists()
+    second = train_peer("blur-g2", out=tmp_path / "split", checkpoint=tmp_path / "split.pt", resume=True, **quiet)
+    assert whole["complete"] and second["complete"] and second["validation_psnr"] == whole["validation_psnr"]
+    a, _ = load_peer("blur-g2", weights_path("blur-g2", tmp_path / "whole"))
+    b, _ = load_peer("blur-g2", weights_path("blur-g2", tmp_path / "split"))
+    for (name, u), (_, v) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(u, v), name
+    with pytest.raises(ValueError, match="checkpoint of another run"):
+        train_peer("blur-g2", out=tmp_path, checkpoint=tmp_path / "split.pt", resume=True, **{**quiet, "steps": 4})
+    with pytest.raises(FileNotFoundError, match="no peer checkpoint"):
+        train_peer("blur-g2", out=tmp_path, checkpoint=tmp_path / "absent.pt", resume=True, **quiet)
+
+
 def test_quality_smoke(results):
     payload = quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=2, n_test=2,
                           log=lambda *_: None)
