@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--results-dir", default=None, help="where to write quality.json (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--resume", action="store_true", help="keep tasks already measured at this size")
-    parser.add_argument("--models", nargs="+", help="with --resume: measure only these shipped models on kept tasks")
+    parser.add_argument("--models", nargs="+", help="with --resume: measure only these shipped models on kept tasks ('peer': the deepinv peer)")
     args = parser.parse_args(argv)
     if args.models and not args.resume:
         parser.error("--models measures named models into a kept run: use it with --resume")

@@ -13,7 +13,11 @@ The full protocol: python -m benchmarks.stability --tasks ct-30 blur-g2 --images
        --etas 0.005 0.01 0.02 0.05
 
 Usage: python -m benchmarks.stability [--quick] [--tasks ct-30 blur-g2] [--images 20] [--steps 200]
-       [--restarts 3] [--etas 0.005 0.01 0.02 0.05] [--resume] [--results-dir DIR]
+       [--restarts 3] [--etas 0.005 0.01 0.02 0.05] [--resume] [--results-dir DIR] [--methods NAME ...]
+
+A run too long for one sitting: ``--resume --methods NAME ...`` measures a few methods at a time and keeps the
+others. ``--cost`` measures what the protocol would take here (seconds per search step of each method at the
+protocol's batch, into ``stability_cost.json``) without running it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 
 from benchmarks._common import RESULTS
 from invstable.evaluation import run_stability
+from invstable.evaluation import run_stability_cost as run_cost
 
 
 def run(**options) -> dict:
@@ -45,10 +50,21 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="keep methods already measured with these settings")
     parser.add_argument("--results-dir", default=None, help="default benchmarks/results")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--cost", action="store_true",
+                        help="measure each method's seconds per search step at the protocol's batch (on --images "
+                             "images, default 2, scaled) and the protocol time they imply: stability_cost.json")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="only these methods, by name (with --resume the others measured earlier are kept)")
     args = parser.parse_args(argv)
+    if args.cost:
+        payload = run_cost(results_dir=args.results_dir or RESULTS, tasks=tuple(args.tasks), threads=args.threads,
+                           images=args.images or 2, methods=args.methods, reference_dir=RESULTS)
+        for t in payload["tasks"]:
+            print(f"{t['task']}: the protocol takes {t['hours_at_min_steps']:.1f}-{t['hours_at_cap']:.1f} h here")
+        return
     payload = run(quick=args.quick, tasks=tuple(args.tasks), results_dir=args.results_dir, threads=args.threads,
                   resume=args.resume, images=args.images, steps=args.steps, restarts=args.restarts, etas=args.etas,
-                  validation=args.validation)
+                  validation=args.validation, methods=args.methods)
     for r in payload["tasks"]:
         print(f"\n{r['task']} ({r['images']} images)")
         for m in r["methods"]:

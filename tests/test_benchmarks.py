@@ -113,11 +113,25 @@ def test_quality_resume_keeps_tasks_of_the_same_size_only(results, monkeypatch):
                                                                         if k != "measured_at"}
     with __import__("numpy").load(results / "quality_panels.npz", allow_pickle=False) as z:
         assert f"{TASK}/truth" in z.files and f"{TASK}/method/ct30-gradflow" in z.files
+    # named models (here the deepinv peer) are measured into a task tuned otherwise: kept, and marked so
+    payload = quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=3, n_test=2, resume=True,
+                          models=["peer"], log=lambda *_: None, reference_dir=RESULTS)
+    assert calls == [TASK]
+    (task,) = payload["tasks"]
+    assert task["earlier_tuning"] and "tuned with the grids and solver budgets of that run" in "\n".join(
+        _report.quality_section(payload, ".", results))
+    peer_row = next(r for r in task["rows"] if r["kind"] == "peer")
+    assert peer_row["measured_at"] == payload["environment"]["git_commit"] and peer_row["steps"] > 0
+
+
+#: every method of the stability run but the universal regulariser (minutes per search step on CT-30: its own
+#: test below)
+SMOKE_METHODS = sorted(set(_expected_methods(with_ramp=False)) - set(_stability.SKIPPED))
 
 
 def test_stability_smoke(results):
     payload = stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2,
-                            restarts=1, etas=[0.05], validation=2, log=lambda *_: None)
+                            restarts=1, etas=[0.05], validation=2, log=lambda *_: None, methods=SMOKE_METHODS)
     on_disk = json.loads((results / "stability.json").read_text())
     assert on_disk["complete"] and not on_disk["settings"]["protocol"]
     methods = {m["method"]: m for m in on_disk["tasks"][0]["methods"]}
@@ -140,8 +154,38 @@ def test_stability_resume_keeps_measured_methods(results, monkeypatch):
     calls = []
     monkeypatch.setattr(_stability, "evaluate_method", lambda *a, **k: calls.append(a[0].name))
     stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2, restarts=1,
-                  etas=[0.05], validation=2, resume=True, log=lambda *_: None)
+                  etas=[0.05], validation=2, resume=True, log=lambda *_: None, methods=SMOKE_METHODS)
     assert calls == []
+    # one method named: the others measured with these settings are kept, nothing else is run
+    payload = stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2,
+                            restarts=1, etas=[0.05], validation=2, resume=True, log=lambda *_: None,
+                            methods=["ct30-gradflow"])
+    assert calls == [] and {m["method"] for m in payload["tasks"][0]["methods"]} == set(SMOKE_METHODS)
+    assert "--methods ct30-gradflow" in payload["command"]
+    with pytest.raises(ValueError, match=r"no method \['nope'\] in the stability protocol of ct-30"):
+        stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2, restarts=1,
+                      etas=[0.05], validation=2, resume=True, log=lambda *_: None, methods=["nope"])
+
+
+def test_the_universal_regulariser_is_a_certified_stability_method_attacked_warm():
+    torch.set_num_threads(2)
+    assert _methods.universal("ct-180") == []  # no preset shipped for it
+    (method,) = _methods.universal("blur-g2")
+    assert method.bound_kind == "certified" and method.bound() == pytest.approx(10.0, rel=1e-4)
+    spec = get_task("blur-g2")
+    _, y = spec.pairs("test")[0]
+    y = y[None]
+    with torch.no_grad():
+        x0 = method.reconstruct(y)
+    d = 0.01 * y.norm() * torch.randn_like(y) / y.numel() ** 0.5
+    yd = (y + d).requires_grad_(True)
+    warm = method.warm(yd, x0)  # started at R(y): the same minimiser within the solver's tolerance
+    with torch.no_grad():
+        cold = method.reconstruct(y + d)
+    tol = 2 * method.extra["tol"] * y.shape[-1]  # twice the certified distance of each solve
+    assert float((warm.detach() - cold).norm()) <= tol
+    warm.pow(2).sum().backward()  # implicit derivative reaches y
+    assert yd.grad is not None and float(yd.grad.norm()) > 0
 
 
 def test_stability_figures_with_tasks_of_different_method_counts(tmp_path):
@@ -261,3 +305,17 @@ def test_report_flags_weights_tuned_at_the_end_of_their_grid():
                                 "tikhonov_identity": {"alpha": 1e-3, "validation_psnr": curve}})
     assert len(notes) == 2 and "tv lambda = 0.0001 is at the lower end" in notes[0]
     assert _report._grid_edges({"tv": {"lambda": 1e-3, "validation_psnr": curve}}) == []
+
+
+def test_stability_cost_measures_each_methods_step_and_the_protocol_hours(tmp_path):
+    names = ["Tikhonov (identity, validation alpha)", "blur-gradflow"]
+    payload = _stability.run_cost(results_dir=tmp_path, tasks=("blur-g2",), threads=1, images=1, methods=names,
+                                  log=lambda *_: None)
+    (task,) = json.loads((tmp_path / "stability_cost.json").read_text())["tasks"]
+    assert [r["method"] for r in task["methods"]] == names and task == payload["tasks"][0]
+    for r in task["methods"]:
+        assert r["seconds_per_step"] > 0 and r["measured_batch"] == 3 and r["protocol_batch"] == 60
+        # the cap (200 steps) against the early-stopping minimum (50): four times the hours
+        assert r["protocol_hours_at_cap"] == pytest.approx(4 * r["protocol_hours_at_min_steps"], rel=0.05, abs=0.01)
+    lines = _report.stability_cost_lines(payload)
+    assert any(line.startswith("| blur-gradflow |") for line in lines) and "--cost" in payload["command"]

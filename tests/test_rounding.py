@@ -165,6 +165,22 @@ def test_stability_protocol_counts_violations_against_the_floating_point_certifi
     assert rounding_allowance(lambda t: t, 100.0, [1e-6], [200.0]) == (100.0, None)  # no certificate: plain
 
 
+def test_the_allowance_adds_a_solvers_additive_term_at_the_largest_measurement():
+    from invstable.models import Certificate
+    from invstable.models._certificate import rounding_allowance
+
+    class Solver(torch.nn.Module):  # a certificate with a solver's additive term and no rounding
+        def certificate(self):
+            return Certificate(10.0, 2.0, 0.0, 0.0, torch.float32)
+
+    # ratios at two levels, one per level; ||y|| <= 100: ||d|| <= eta 100, so the term allows at least 2 / (eta 100)
+    allowed, record = rounding_allowance(Solver(), 10.0, [0.01, 0.05], [11.0, 10.2], largest_measurement=100.0)
+    assert allowed.tolist() == pytest.approx([10.0 + 2.0, 10.0 + 0.4]) and record["additive"] == 2.0
+    assert (11.0 <= allowed[0]) and (10.2 <= allowed[1])  # within L ||d|| + 2: not violations
+    plain, _ = rounding_allowance(Solver(), 10.0, [0.01, 0.05], [11.0, 10.2])  # without ||y||: counted
+    assert plain.tolist() == [10.0, 10.0]
+
+
 def test_check_certificate_reads_ratios_with_the_rounding_term_and_flags_tiny_perturbations(one_thread):
     from invstable.stability import check_certificate
 

@@ -39,6 +39,7 @@ from ._record import write_result as write_result
 from ._report import render as render_report
 from ._speed import run as run_speed
 from ._stability import run as run_stability
+from ._stability import run_cost as run_stability_cost
 
 #: the benchmarks of ``invstable benchmark``: name -> runner ``run(*, quick, results_dir, tasks, threads, ...)``
 BENCHMARKS = {"quality": run_quality, "stability": run_stability, "speed": run_speed}

@@ -301,8 +301,9 @@ def evaluate(reconstructor: Callable[[torch.Tensor], torch.Tensor], task: str = 
     ratios = study_["ratios"]
     finite = bound is not None and math.isfinite(bound)
     # a ratio is a violation only above what the certificate in floating point allows (docs/models.md)
-    allowed, rounding = rounding_allowance(reconstructor, bound, settings["etas"], ratios) if finite \
-        else (bound, None)
+    largest = float(ys_.flatten(1).norm(dim=1).max())
+    allowed, rounding = rounding_allowance(reconstructor, bound, settings["etas"], ratios,
+                                           largest_measurement=largest) if finite else (bound, None)
     result["stability"] = {
         "images": settings["images"], "settings": settings, "clean_psnr": stats(study_["clean"]),
         "per_eta": study_["per_eta"], "empirical_lipschitz": float(ratios.max()), "pairs_checked": int(ratios.size),

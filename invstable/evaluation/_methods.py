@@ -29,6 +29,8 @@ from ._record import shown
 
 #: pretrained models of each task (names start with the prefix); CT-180 and CT-30-lowdose have none (baselines only)
 MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None, "ct-30-lowdose": None}
+#: the tasks whose preset of the universal regulariser is shipped (tuned on their validation images)
+UNIVERSAL_PRESETS = ("ct-30", "blur-g2")
 #: the initial validation grids (log-spaced) of Tikhonov's alpha and TV's lambda; :func:`tune_weight` widens them
 ALPHAS = np.logspace(-4, -0.5, 8)
 LAMBDAS = np.logspace(-4, -2, 5)
@@ -68,6 +70,9 @@ class Method:
     extra: dict = dataclasses.field(default_factory=dict)
     module: torch.nn.Module | None = None  # the network, for learned models and the peer
     rebuild: Callable | None = None  # baselines: operator -> the same reconstructor on it (another device)
+    #: ``(y, x0) -> x``: the same map started at ``x0`` (a solver's warm start), differentiable in ``y``; the
+    #: adversarial search attacks it started at ``R(y)`` instead of solving from scratch at every step
+    warm: Callable | None = None
 
 
 def pairs(dataset, count: int | None):
@@ -337,6 +342,22 @@ def learned(name: str, models: list[str] | None = None) -> list[Method]:
     return out
 
 
+def universal(name: str) -> list[Method]:
+    """The universal regulariser with the preset of ``name`` (what ``load_model(task=name)`` serves when it is the
+    recommended model), as a method: certified, with its solver's additive term in ``extra``; nothing for a task
+    without a preset."""
+    if "universal" not in list_models() or name not in UNIVERSAL_PRESETS:
+        return []
+    key = ("universal", name)
+    if key not in _MODELS:
+        _MODELS[key] = load_model("universal", operator=get_task(name).operator, preset=name).eval()
+        _MODELS[key].requires_grad_(False)
+    model = _MODELS[key]
+    return [Method("universal (task preset)", "learned", model, model.lipschitz_bound, "certified",
+                   {"family": "convex ridge regulariser", "tol": model.tol},
+                   module=model, warm=lambda y, x0: model(y, x0=x0))]
+
+
 def peer(name: str, reference_dir: str | Path | None) -> list[Method]:
     """The deepinv peer of ``name`` when its trained weights are in ``reference_dir``, else nothing."""
     if reference_dir is None or name not in PEER_RECIPE or not weights_path(name, reference_dir).is_file():
@@ -344,5 +365,6 @@ def peer(name: str, reference_dir: str | Path | None) -> list[Method]:
     model, record = load_peer(name, weights_path(name, reference_dir))
     model.requires_grad_(False)
     return [Method("deepinv unrolled PGD + DnCNN", "peer", model, lambda: math.inf, "no certificate",
-                   {"validation_psnr": record["validation_psnr"], "steps": record["recipe"]["steps"]},
+                   {"validation_psnr": record["validation_psnr"], "steps": record["recipe"]["steps"],
+                    "train_seconds": record.get("train_seconds"), "train_threads": record.get("threads")},
                    module=model)]

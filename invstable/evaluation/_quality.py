@@ -91,12 +91,21 @@ def evaluate_task(name: str, *, quick: bool, models: list[str] | None = None, wi
             "targets": targets(name, rows), "_images": images, "_truth": xt[-1, 0].numpy()}
 
 
-def measure_models(name: str, names: list[str], *, quick: bool, n_test: int | None) -> tuple[list[dict], dict]:
-    """Rows (and last-image panels) of the shipped models ``names`` on the test split of ``name``."""
+#: the name under which ``--models`` re-measures the deepinv peer (after it was retrained)
+PEER_NAME = "peer"
+
+
+def measure_models(name: str, names: list[str], *, quick: bool, n_test: int | None,
+                   reference_dir: str | Path | None = None) -> tuple[list[dict], dict]:
+    """Rows (and last-image panels) of the shipped models ``names`` on the test split of ``name``; the name
+    ``"peer"`` measures the deepinv peer whose weights are in ``reference_dir``."""
     spec = get_task(name)
     xt, yt, _ = pairs(spec.pairs("test"), n_test or (8 if quick else None))
     rows, images = [], {}
-    for m in learned(name, names):
+    methods = learned(name, [n for n in names if n != PEER_NAME])
+    if PEER_NAME in names:
+        methods += peer(name, reference_dir)
+    for m in methods:
         start = time.perf_counter()
         with torch.no_grad():
             out = m.reconstruct(yt)
@@ -234,9 +243,10 @@ def _load_panels(path: Path, name: str) -> tuple[dict, np.ndarray] | None:
         return {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}, z[f"{name}/truth"]
 
 
-def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
+def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None, any_tuning: bool = False) -> dict:
     """The tasks of an earlier ``quality.json`` in ``folder`` measured at the same size, with the same tuning grids
-    and solver budgets."""
+    and solver budgets; with ``any_tuning`` (named models measured into a kept run: their rows do not depend on
+    the baselines' tuning) also those tuned otherwise, marked ``"earlier_tuning": True``."""
     path = folder / "quality.json"
     if not path.is_file():
         return {}
@@ -248,8 +258,9 @@ def _kept(folder: Path, *, quick: bool, n_val: int, n_test: int | None) -> dict:
     for t in payload.get("tasks", []):
         n_expected = len(get_task(t["task"]).pairs("test"))
         n_expected = n_expected if n_test is None else min(n_test, n_expected)
-        if t.get("n_test") == n_expected and same_tuning(t.get("tuning", {}), n_val, quick, t["task"]):
-            kept[t["task"]] = {"measured_at": commit, **t}
+        same = same_tuning(t.get("tuning", {}), n_val, quick, t["task"])
+        if t.get("n_test") == n_expected and (same or any_tuning):
+            kept[t["task"]] = {"measured_at": commit, **t, **({} if same else {"earlier_tuning": True})}
     return kept
 
 
@@ -275,7 +286,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2", "ct-
     command = recorded or command
     payload = {"benchmark": "quality", "environment": environment("cpu"), "quick": quick, "command": command,
                "complete": False, "tasks": []}
-    kept = _kept(folder, quick=quick, n_val=n_val, n_test=n_test) if resume else {}
+    kept = _kept(folder, quick=quick, n_val=n_val, n_test=n_test, any_tuning=bool(models)) if resume else {}
     commit = payload["environment"]["git_commit"]
     results = []
     for t in tasks:
@@ -286,7 +297,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2", "ct-
                 t, quick=quick, n_val=n_val, reference_dir=reference_dir)
             log(f"quality: {t} kept from the earlier run (commit {str(r['measured_at'])[:10]})")
             if models:
-                new, images = measure_models(t, models, quick=quick, n_test=n_test)
+                new, images = measure_models(t, models, quick=quick, n_test=n_test, reference_dir=reference_dir)
                 r["rows"] = _merge_rows(r["rows"], new, commit)
                 r["_images"].update(images)
                 log(f"quality: {t}: measured {[row['method'] for row in new]} at commit {commit[:10]}")

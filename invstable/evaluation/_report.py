@@ -79,7 +79,10 @@ def quality_section(payload, rel, folder) -> list[str]:
                   "| method | PSNR | SSIM | rel. error | bound | bound kind | seconds |", "|---|---|---|---|---|---|---|"]
         if t.get("measured_at") and t["measured_at"] != (payload.get("environment") or {}).get("git_commit"):
             lines[-2:-2] = [f"Measured at commit `{str(t['measured_at'])[:10]}` by an earlier run of the same size "
-                            "(kept by `--resume`).", ""]
+                            "(kept by `--resume`)." + (
+                                " **Its baselines were tuned with the grids and solver budgets of that run, not "
+                                "this code's** (recorded under `tuning`; a run without `--models` measures them "
+                                "again)." if t.get("earlier_tuning") else ""), ""]
         notes = []
         for r in t["rows"]:
             if r.get("missing"):
@@ -97,6 +100,11 @@ def quality_section(payload, rel, folder) -> list[str]:
         lines.append("")
         if notes:
             lines += [" ".join(notes), ""]
+        for r in t["rows"]:
+            if r.get("kind") == "peer" and r.get("steps") and r.get("train_seconds"):
+                lines += [f"The deepinv peer was trained for {r['steps']} steps in {r['train_seconds']:.0f} s on "
+                          f"{r.get('train_threads')} CPU thread(s) (`python -m benchmarks.peer --task {t['task']}`; "
+                          f"best validation PSNR {r['validation_psnr']:.2f} dB).", ""]
         lines += _grid_edges(t.get("tuning", {}))
         for r in t["rows"]:  # iterative baselines: how far the solver got (PROTOCOLS.md, "Tuning and training")
             if r.get("relative_change_max") is not None:
@@ -138,6 +146,27 @@ def stability_section(payload, rel, folder) -> list[str]:
                 f"{t['task']}: worst perturbation, hallucination map and PSNR against eta per method")
     _figure(lines, rel, folder, "stability.png", "PSNR against eta; empirical ratios against bounds")
     _figure(lines, rel, folder, "stability_examples.png", "worst cases found")
+    cost = _load(folder, "stability_cost")
+    if cost is not None:
+        lines += stability_cost_lines(cost)
+    return lines
+
+
+def stability_cost_lines(payload) -> list[str]:
+    """What the stability protocol costs on the machine of ``stability_cost.json``, per method."""
+    s = payload["settings"]
+    lines = ["### What the protocol costs on this machine", "", f"Command: `{payload['command']}`.",
+             _provenance(payload)[1], "",
+             f"Seconds per step of each method's search at the protocol's batch ({s['images']} images x "
+             f"{s['restarts']} starts; measured on fewer images and scaled linearly), and the hours of a protocol "
+             f"run they imply ({len(s['etas'])} levels x 2 objectives x the steps of each start, from the "
+             f"early-stopping minimum to the cap of {s['steps']}; the evaluations come on top).", ""]
+    for t in payload["tasks"]:
+        lines += [f"| {t['task']}: method | s per step | hours (min steps) | hours (cap) |", "|---|---|---|---|"]
+        for r in t["methods"]:
+            lines.append(f"| {r['method']} | {_f(r['seconds_per_step'], 2)} | {_f(r['protocol_hours_at_min_steps'], 2)} "
+                         f"| {_f(r['protocol_hours_at_cap'], 2)} |")
+        lines += [f"| **all** | | **{_f(t['hours_at_min_steps'], 1)}** | **{_f(t['hours_at_cap'], 1)}** |", ""]
     return lines
 
 

@@ -15,7 +15,9 @@ Every method is attacked through autograd by :func:`invstable.stability.adversar
 all the random starts of a method in one batch, R(y) computed once, the eta levels in increasing order with each
 level warm-started from the previous one's worst perturbation, and early stopping of a start once its best
 objective has stopped rising (after ``min_steps``; the protocol's steps are the cap; the steps used are recorded).
-Tikhonov is differentiated implicitly, FBP as the linear map it is, the networks as networks. TV is attacked twice:
+Tikhonov is differentiated implicitly, FBP as the linear map it is, the networks as networks; the universal
+regulariser (its task preset, certified with a solver's additive term) implicitly too, each solve of the search
+warm-started at R(y), and its violations read against L + additive / ||d||. TV is attacked twice:
 directly, through an unrolled TV (``TV_UNROLLED`` FISTA iterations warm-started at the converged TV solution of y)
 whose perturbations are then evaluated on the full TV, and by transfer (the perturbations found for Tikhonov); for
 each image the larger loss of the two is reported, and both estimates are kept in the row.
@@ -23,7 +25,8 @@ each image the larger loss of the two is reported, and both estimates are kept i
 The protocol size (20 images, eta in {0.5, 1, 2, 5} %, 200 steps x 3 starts, both objectives) is the default;
 ``--images/--steps/--restarts/--etas`` shrink it and the JSON records the settings actually used, with
 ``"protocol": false`` when they are below the protocol. ``--resume`` keeps the methods already measured with
-the same settings (results are written after each method).
+the same settings (results are written after each method); ``--methods`` runs only the methods named, so that a
+run too long for one sitting is done a few methods at a time.
 
 Run it with ``invstable benchmark --only stability`` or, in the source checkout, ``python -m benchmarks.stability``.
 """
@@ -42,8 +45,9 @@ import torch
 from ..baselines import tv
 from ..data import task as get_task
 from ..models._certificate import rounding_allowance
-from ._evaluate import STABILITY_PROTOCOL, stats, study
-from ._methods import baselines, learned, pairs, peer
+from ..stability import adversarial_search
+from ._evaluate import MIN_STEPS, STABILITY_PROTOCOL, stats, study
+from ._methods import baselines, learned, pairs, peer, universal
 from ._record import environment, results_folder, write_result
 from ._report import stability_task_figure
 
@@ -91,6 +95,10 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int 
             attack = (_unrolled_tv(method, operator), x0)
             how = (f"direct (unrolled TV, {TV_UNROLLED['max_iter']} FISTA x {TV_UNROLLED['prox_iter']} prox "
                    f"iterations warm-started at TV(y)) and transfer from {TRANSFER_SOURCE}; the larger loss per image")
+    elif method.warm is not None:  # a solver: every step of the search starts from R(y), not from scratch
+        with torch.no_grad():
+            x0 = torch.cat([method.reconstruct(y[i:i + batch]) for i in range(0, len(y), batch)])
+        attack, how = (method.warm, x0), "search on this method (each solve warm-started at R(y))"
     result = study(method.reconstruct, x, y, settings, attack=attack, transfer=transfer, found=found, batch=batch,
                    seed=seed)
     bound = method.bound()
@@ -98,7 +106,8 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int 
     certified = method.bound_kind == "certified"
     finite = bound is not None and math.isfinite(bound)
     # a ratio counts as a violation only above what the certificate in floating point allows (docs/models.md)
-    allowed, rounding = rounding_allowance(method.module, bound, settings["etas"], ratios) \
+    allowed, rounding = rounding_allowance(method.module, bound, settings["etas"], ratios,
+                                           largest_measurement=float(y.flatten(1).norm(dim=1).max())) \
         if certified and finite else (bound, None)
     return {
         "method": method.name, "kind": method.kind, "settings": settings, **method.extra,
@@ -123,16 +132,26 @@ def _settings(quick: bool, overrides: dict) -> dict:
 
 
 def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: dict | None = None, on_method=None,
-                  log=print, reference_dir: str | Path | None = None) -> dict:
+                  log=print, reference_dir: str | Path | None = None, methods: list[str] | None = None) -> dict:
     """Every method of the stability protocol on the first ``settings["images"]`` test images of ``name``;
-    ``previous`` (an earlier run's task) keeps the methods measured with the same settings."""
+    ``previous`` (an earlier run's task) keeps the methods measured with the same settings; ``methods`` (names)
+    runs only those (TV brings the method its transfer attack comes from)."""
     spec = get_task(name)
     x, y, _ = pairs(spec.pairs("test"), settings["images"])
+    chosen = methods
     methods, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
                                 reference_dir=reference_dir)
     methods = [m for m in methods if m.name not in SKIPPED]
-    methods += learned(name) + peer(name, reference_dir)
+    methods += learned(name) + universal(name) + peer(name, reference_dir)
+    if chosen is not None:
+        names = [m.name for m in methods]
+        unknown = sorted(set(chosen) - set(names))
+        if unknown:
+            raise ValueError(f"no method {unknown} in the stability protocol of {name}; its methods are {names}")
     done = {r["method"]: r for r in (previous or {}).get("methods", []) if r.get("settings") == settings}
+    if chosen is not None:  # the others: kept when measured earlier with these settings, else left out
+        wanted = set(chosen) | ({TRANSFER_SOURCE} if any(n.startswith("TV") for n in chosen) else set())
+        methods = [m for m in methods if m.name in wanted or m.name in done]
     result = {"task": name, "images": int(len(x)), "tuning": tuning, "methods": [], "_examples": {},
               "_pictures": {}, "_truth": x[0, 0].numpy()}
     methods.sort(key=lambda m: m.name != TRANSFER_SOURCE)  # its perturbations are reused for TV
@@ -155,6 +174,78 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
             on_method(result)
     result["targets"] = targets(result)
     return result
+
+
+def _search_cost(fn, y, aux, steps: int, restarts: int) -> float:
+    start = time.perf_counter()
+    adversarial_search(fn, y, [0.01], steps=steps, restarts=restarts, min_steps=steps, aux=aux)
+    return time.perf_counter() - start
+
+
+def step_costs(name: str, settings: dict, *, images: int = 2, methods: list[str] | None = None, log=print,
+               reference_dir: str | Path | None = None, quick: bool = False) -> dict:
+    """Seconds per step of the adversarial search of every method of ``name`` at the protocol's batch
+    (``settings``: images x restarts), and the time of the whole protocol they imply.
+
+    Each method is searched for 1 and for 3 steps on ``images`` test images x ``settings["restarts"]`` starts
+    (what the search runs per step: one forward and one backward of the attacked map); the difference over 2 steps
+    removes the setup (R(y), a solver's first solve), and the cost is scaled linearly to ``settings["images"]``
+    images (a CPU's work on these sizes is linear in the batch). The protocol's time is then that per-step cost
+    times the steps of each start (between the early-stopping minimum and the cap) times the levels times the two
+    objectives, plus nothing for the evaluations (a few full solves): a lower estimate of what a run takes. The
+    baselines' weights are not tuned (the middle of their grids; their solvers' budgets are the protocol's).
+    ``quick``: the baselines at the quick size (their solvers' smaller budgets; for tests).
+    """
+    spec = get_task(name)
+    x, y, _ = pairs(spec.pairs("test"), images)
+    # the baselines' weights at the middle of their grids: the time of a step is measured, not a reconstruction
+    found, _tuning = baselines(name, n_val=0, quick=quick, exact_bounds=False)
+    found = [m for m in found if m.name not in SKIPPED] + learned(name) + universal(name) + peer(name, reference_dir)
+    if methods is not None:
+        found = [m for m in found if m.name in methods]
+    restarts, scale = settings["restarts"], settings["images"] / images
+    searches = len(settings["etas"]) * 2  # the levels x the two objectives
+    low = min(MIN_STEPS, settings["steps"])
+    rows = []
+    for m in found:
+        fn, aux = m.reconstruct, None
+        if "lambda" in m.extra:  # TV: its direct attack differentiates the unrolled TV warm-started at TV(y)
+            with torch.no_grad():
+                aux = m.reconstruct(y)
+            fn = _unrolled_tv(m, spec.operator)
+        elif m.warm is not None:
+            with torch.no_grad():
+                aux = m.reconstruct(y)
+            fn = m.warm
+        one = _search_cost(fn, y, aux, 1, restarts)
+        three = _search_cost(fn, y, aux, 3, restarts)
+        per_step = max(three - one, 0.0) / 2 * scale
+        row = {"method": m.name, "seconds_per_step": round(per_step, 3),
+               "measured_batch": images * restarts, "protocol_batch": settings["images"] * restarts,
+               "protocol_hours_at_min_steps": round(per_step * low * searches / 3600, 2),
+               "protocol_hours_at_cap": round(per_step * settings["steps"] * searches / 3600, 2)}
+        rows.append(row)
+        log(f"stability cost: {name} {m.name}: {per_step:.2f} s per step at batch {row['protocol_batch']}, "
+            f"{row['protocol_hours_at_min_steps']:.2f}-{row['protocol_hours_at_cap']:.2f} h")
+    return {"task": name, "images_measured": images, "min_steps": low, "searches": searches, "methods": rows,
+            "hours_at_min_steps": round(sum(r["protocol_hours_at_min_steps"] for r in rows), 2),
+            "hours_at_cap": round(sum(r["protocol_hours_at_cap"] for r in rows), 2)}
+
+
+def run_cost(*, results_dir: str | Path, tasks=("ct-30", "blur-g2"), threads: int = 2, images: int = 2,
+             methods: list[str] | None = None, log=print, reference_dir: str | Path | None = None) -> dict:
+    """:func:`step_costs` of ``tasks`` at the protocol's size, written to ``results_dir/stability_cost.json``."""
+    torch.set_num_threads(threads)
+    folder = results_folder(results_dir)
+    payload = {"benchmark": "stability_cost", "environment": environment("cpu"),
+               "command": "python -m benchmarks.stability --cost --tasks " + " ".join(tasks) + f" --images {images}"
+               + (" --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else ""),
+               "settings": PROTOCOL, "tasks": []}
+    for t in tasks:
+        payload["tasks"].append(step_costs(t, PROTOCOL, images=images, methods=methods, log=log,
+                                           reference_dir=reference_dir))
+        write_result("stability_cost", payload, results_dir=folder)
+    return payload
 
 
 def targets(result: dict) -> list[dict]:
@@ -234,12 +325,14 @@ def _figure(results: list[dict], folder: Path) -> None:
 
 
 def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), threads: int = 2, resume: bool = False,
-        log=print, reference_dir: str | Path | None = None, command: str | None = None, **overrides) -> dict:
+        log=print, reference_dir: str | Path | None = None, command: str | None = None,
+        methods: list[str] | None = None, **overrides) -> dict:
     """Run the protocol on ``tasks``; write ``results_dir/stability.json`` after every method and the figures;
     return the payload. ``overrides``: ``images``, ``steps``, ``restarts``, ``etas``, ``validation`` (None keeps
     the size of ``quick``). ``reference_dir``: earlier results to reuse (the quality run's tuning, the deepinv
     peer's weights). ``command``: the command line recorded in the JSON (default: the source checkout's
-    ``python -m benchmarks.stability ...`` equivalent)."""
+    ``python -m benchmarks.stability ...`` equivalent). ``methods``: run only these (by name; with ``resume``,
+    the others measured earlier with the same settings are kept)."""
     unknown = sorted(set(overrides) - set(PROTOCOL))
     if unknown:
         raise TypeError(f"unknown stability settings {unknown}; the settings are {sorted(PROTOCOL)}")
@@ -251,9 +344,11 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
     if resume and (folder / "stability.json").is_file():
         previous = {t["task"]: t for t in json.loads((folder / "stability.json").read_text()).get("tasks", [])}
     command = command or "python -m benchmarks.stability" + (" --quick" if quick else "") + " --tasks " + " ".join(tasks) + "".join(
-        f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in overrides.items() if v is not None)
+        f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in overrides.items() if v is not None) + (
+        " --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else "")
     payload = {"benchmark": "stability", "environment": environment("cpu"), "command": command, "quick": quick,
-               "settings": settings, "protocol_settings": PROTOCOL, "complete": False, "tasks": []}
+               "settings": settings, "protocol_settings": PROTOCOL, "methods": methods, "complete": False,
+               "tasks": []}
     results = []
 
     def save(partial):
@@ -262,7 +357,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
 
     for t in tasks:
         r = evaluate_task(t, settings, quick=quick, previous=previous.get(t), on_method=save, log=log,
-                          reference_dir=reference_dir)
+                          reference_dir=reference_dir, methods=methods)
         results.append(r)
         save(None)
     payload["complete"] = True

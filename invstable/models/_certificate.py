@@ -131,14 +131,15 @@ def measure_rounding(run: Callable[[torch.Tensor], torch.Tensor], reference: Cal
     return safety * rate, safety * float(err0.max())
 
 
-def rounding_allowance(reconstructor, bound: float, etas, ratios):
+def rounding_allowance(reconstructor, bound: float, etas, ratios, *, largest_measurement: float | None = None):
     r"""``(allowed, record)``: the largest ratio :math:`\|R(y + d) - R(y)\| / \|d\|` the floating-point
     certificate of ``reconstructor`` allows for each of the ``ratios`` measured at the relative levels ``etas``
     (``len(ratios) / len(etas)`` ratios per level, in the order of ``etas``), and what was used.
 
     With :math:`\|d\| \le \eta \|y\|` and :math:`\|y + d\| \ge (1 - \eta)\|y\|`, :meth:`Certificate.bound`
-    allows at least :math:`L + \rho (2 - \eta) / \eta` (the additive terms only add to it, so leaving them out
-    counts a violation too many rather than one too few). ``allowed`` is ``bound`` and ``record`` None when the
+    allows at least :math:`L + \rho (2 - \eta) / \eta`; with ``largest_measurement`` (the largest :math:`\|y\|`
+    of the images), a solver's additive term :math:`a` adds at least :math:`a / (\eta \max \|y\|)`. What is
+    left out only adds to the allowance, so leaving it out counts a violation too many rather than one too few. ``allowed`` is ``bound`` and ``record`` None when the
     reconstructor has no ``certificate()`` (a plain callable, a baseline). The certificate's rounding term is
     measured (``reconstructor.certificate()``, cached, seconds to minutes) only when a ratio exceeds ``bound``;
     ``record`` holds it (``rate``: None when not needed), the dtype, its resolution and the levels below it,
@@ -166,4 +167,8 @@ def rounding_allowance(reconstructor, bound: float, etas, ratios):
                   resolution=resolution(cert.dtype),
                   etas_below_resolution=[float(e) for e in etas if e < resolution(cert.dtype)])
     eta = np.repeat(etas, ratios.size // len(etas))
-    return bound + cert.rounding * (2 - eta) / eta, record
+    allowed = bound + cert.rounding * (2 - eta) / eta
+    if largest_measurement is not None and cert.additive > 0:
+        allowed = allowed + cert.additive / (eta * float(largest_measurement))
+        record["additive"] = cert.additive
+    return allowed, record
