@@ -169,6 +169,10 @@ def test_stability_resume_keeps_measured_methods(results, monkeypatch):
 
 def test_the_universal_regulariser_is_a_certified_stability_method_attacked_warm():
     torch.set_num_threads(2)
+    from invstable.models._io import load_regularizer
+    from invstable.models._pretrained import _resolve
+
+    assert set(_methods.UNIVERSAL_PRESETS) == set(load_regularizer(_resolve("universal"))[1]["presets"])
     assert _methods.universal("ct-180") == []  # no preset shipped for it
     (method,) = _methods.universal("blur-g2")
     assert method.bound_kind == "certified" and method.bound() == pytest.approx(10.0, rel=1e-4)

@@ -293,15 +293,17 @@ def _tikhonov_bound(name, op, alpha, reg, exact):
 
 
 def baselines(name: str, *, n_val: int | None, quick: bool, exact_bounds: bool = True,
-              gradient_bound: bool | None = None, reference_dir: str | Path | None = None) -> tuple[list[Method], dict]:
+              gradient_bound: bool | None = None, reference_dir: str | Path | None = None,
+              tuning: dict | None = None) -> tuple[list[Method], dict]:
     """FBP (CT), Tikhonov (identity, gradient) and TV with weights tuned on ``n_val`` validation images.
 
     Returns the methods and the tuning record (the validation curves). ``exact_bounds`` computes Tikhonov's
     exact constant on demand (Lanczos; minutes for the gradient regulariser on CT, which is skipped unless
-    ``gradient_bound=True``).
+    ``gradient_bound=True``). ``tuning``: a recorded tuning to use instead (an earlier run's weights and budgets).
     """
     op = get_task(name).operator
-    tuning = tuned(name, n_val=n_val, quick=quick, reference_dir=reference_dir)
+    if tuning is None:
+        tuning = tuned(name, n_val=n_val, quick=quick, reference_dir=reference_dir)
     methods = []
     if name.startswith("ct"):
         for filt in ("ramp", "hann"):

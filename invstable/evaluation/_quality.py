@@ -211,18 +211,26 @@ def _figure(results, path):
     plt.close(fig)
 
 
-def _panels(name: str, *, quick: bool, n_val: int, reference_dir=None) -> tuple[dict, np.ndarray]:
-    """Every method's reconstruction of the last test image of ``name`` (the figure of a resumed task)."""
+def _panels(name: str, *, quick: bool, n_val: int, reference_dir=None, tuning: dict | None = None
+            ) -> tuple[dict, np.ndarray]:
+    """Every method's reconstruction of the last test image of ``name`` (the figure of a resumed task), the
+    baselines with ``tuning`` (the kept run's record) when given."""
     x, y, _ = pairs(get_task(name).pairs("test"), None)
     x, y = x[-1:], y[-1:]
-    methods = baselines(name, n_val=n_val, quick=quick, exact_bounds=False, reference_dir=reference_dir)[0]
+    methods = baselines(name, n_val=n_val, quick=quick, exact_bounds=False, reference_dir=reference_dir,
+                        tuning=tuning)[0]
     methods += learned(name) + peer(name, reference_dir)
     with torch.no_grad():
         return {m.name: m.reconstruct(y)[0, 0].clamp(0, 1).numpy() for m in methods}, x[0, 0].numpy()
 
 
 def _save_panels(results, path: Path) -> None:
+    """Write the panels of ``results`` to ``path``, keeping those of the other tasks already there."""
     arrays = {}
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            done = {r["task"] for r in results}
+            arrays.update({k: z[k] for k in z.files if k.split("/", 1)[0] not in done})
     for r in results:
         arrays[f"{r['task']}/truth"] = r["_truth"]
         arrays.update({f"{r['task']}/method/{k}": v for k, v in r["_images"].items()})
@@ -294,7 +302,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2", "ct-
         if t in kept:
             r = kept[t]
             r["_images"], r["_truth"] = _load_panels(folder / "quality_panels.npz", t) or _panels(
-                t, quick=quick, n_val=n_val, reference_dir=reference_dir)
+                t, quick=quick, n_val=n_val, reference_dir=reference_dir, tuning=r.get("tuning"))
             log(f"quality: {t} kept from the earlier run (commit {str(r['measured_at'])[:10]})")
             if models:
                 new, images = measure_models(t, models, quick=quick, n_test=n_test, reference_dir=reference_dir)

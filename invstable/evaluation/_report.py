@@ -311,14 +311,20 @@ def universal_section(payload, rel, folder) -> list[str]:
               "operator through `load_model(\"universal\", operator=op)`; lam, scale and m tuned on the first "
               "validation images with the certified bound held to at most twice Tikhonov's exact constant. The other "
               "rows are those of the quality run (same test split; the commit they were measured at is given).", ""]
+    quality = {t["task"]: t for t in (_load(folder, "quality") or {}).get("tasks", [])}
     for task, row in payload.get("protocol", {}).items():
-        lines += [f"### {task} (test split, {row.get('n_test', '?')} images; baselines measured at "
-                  f"`{str(row.get('baselines_measured_at', '?'))[:10]}`)", "",
+        others = row["baselines"]
+        when = f"baselines measured at `{str(row.get('baselines_measured_at', '?'))[:10]}`"
+        if task in quality:  # the quality run's rows as they stand now (a retrained peer included)
+            others = [r for r in quality[task]["rows"] if r["method"] != "universal (task preset)"
+                      and not r.get("missing")]
+            when = "the other rows from the quality run above, where the commit of each is given"
+        lines += [f"### {task} (test split, {row.get('n_test', '?')} images; {when})", "",
                   "| method | PSNR | SSIM | bound |", "|---|---|---|---|",
                   f"| **universal** (lam {row['lam']:.3g}, scale {row['scale']:.3g}, m {row['strong_convexity']:.3g}) | "
                   f"{_f(row['psnr_mean'])} ± {_f(row['psnr_std'])} | {_f(row['ssim_mean'], 3)} | "
                   f"{_f(row['lipschitz_bound'])} + {_f(row['additive'], 3)} (certified) |"]
-        for b in row["baselines"]:
+        for b in others:
             lines.append(f"| {b['method']} | {_f(b['psnr_mean'])} ± {_f(b['psnr_std'])} | {_f(b['ssim_mean'], 3)} | "
                          f"{_f(b['lipschitz_bound'])} |")
         lines += ["", f"Solver: at most {row['iterations_max']} iterations per batch of 8 (mean "

@@ -262,7 +262,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, task: str | Non
     A universal regulariser (``"universal"``, or a file of :func:`invstable.models.save_regularizer`) serves any
     operator: pass ``operator=`` (a deepinv ``LinearPhysics`` or anything ``as_operator`` takes). Its weights
     ``lam``, ``scale`` and ``strong_convexity`` come from ``preset`` (a protocol task whose validation tuning is
-    shipped: "ct-30", "ct-180", "blur-g2"), else from the noise-level rule at ``noise_level`` (the standard
+    shipped: "ct-30", "blur-g2"), else from the noise-level rule at ``noise_level`` (the standard
     deviation of the noise on ``y``), else the rule's middle level; call ``.tune(x_val, y_val)`` for the best
     values on your data. ``options`` go to :class:`VariationalInverse` (``bounds``, ``tol``, ``max_iter``, or
     ``lam`` / ``scale`` / ``strong_convexity`` directly).
