@@ -155,18 +155,21 @@ def stability_section(payload, rel, folder) -> list[str]:
 def stability_cost_lines(payload) -> list[str]:
     """What the stability protocol costs on the machine of ``stability_cost.json``, per method."""
     s = payload["settings"]
-    lines = ["### What the protocol costs on this machine", "", f"Command: `{payload['command']}`.",
-             _provenance(payload)[1], "",
+    commands = payload.get("earlier_commands", []) + [payload["command"]]
+    lines = ["### What the protocol costs on this machine", "",
+             "Commands: " + ", then ".join(f"`{c}`" for c in commands) + ".", _provenance(payload)[1], "",
              f"Seconds per step of each method's search at the protocol's batch ({s['images']} images x "
-             f"{s['restarts']} starts; measured on fewer images and scaled linearly), and the hours of a protocol "
+             f"{s['restarts']} starts; measured on fewer images, the batch given, and scaled linearly: a smaller "
+             f"batch uses the CPU less well, so this errs high), and the hours of a protocol "
              f"run they imply ({len(s['etas'])} levels x 2 objectives x the steps of each start, from the "
              f"early-stopping minimum to the cap of {s['steps']}; the evaluations come on top).", ""]
     for t in payload["tasks"]:
-        lines += [f"| {t['task']}: method | s per step | hours (min steps) | hours (cap) |", "|---|---|---|---|"]
+        lines += [f"| {t['task']}: method | measured at batch | s per step | hours (min steps) | hours (cap) |",
+                  "|---|---|---|---|---|"]
         for r in t["methods"]:
-            lines.append(f"| {r['method']} | {_f(r['seconds_per_step'], 2)} | {_f(r['protocol_hours_at_min_steps'], 2)} "
-                         f"| {_f(r['protocol_hours_at_cap'], 2)} |")
-        lines += [f"| **all** | | **{_f(t['hours_at_min_steps'], 1)}** | **{_f(t['hours_at_cap'], 1)}** |", ""]
+            lines.append(f"| {r['method']} | {r['measured_batch']} | {_f(r['seconds_per_step'], 2)} | "
+                         f"{_f(r['protocol_hours_at_min_steps'], 2)} | {_f(r['protocol_hours_at_cap'], 2)} |")
+        lines += [f"| **all** | | | **{_f(t['hours_at_min_steps'], 1)}** | **{_f(t['hours_at_cap'], 1)}** |", ""]
     return lines
 
 

@@ -234,16 +234,31 @@ def step_costs(name: str, settings: dict, *, images: int = 2, methods: list[str]
 
 def run_cost(*, results_dir: str | Path, tasks=("ct-30", "blur-g2"), threads: int = 2, images: int = 2,
              methods: list[str] | None = None, log=print, reference_dir: str | Path | None = None) -> dict:
-    """:func:`step_costs` of ``tasks`` at the protocol's size, written to ``results_dir/stability_cost.json``."""
+    """:func:`step_costs` of ``tasks`` at the protocol's size, written to ``results_dir/stability_cost.json``.
+
+    With ``methods``, the rows of the other methods already in that file are kept (each row records the batch it
+    was measured at) and the totals are recomputed."""
     torch.set_num_threads(threads)
     folder = results_folder(results_dir)
-    payload = {"benchmark": "stability_cost", "environment": environment("cpu"),
-               "command": "python -m benchmarks.stability --cost --tasks " + " ".join(tasks) + f" --images {images}"
-               + (" --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else ""),
+    path = folder / "stability_cost.json"
+    earlier = {}
+    if methods is not None and path.is_file():
+        earlier = {t["task"]: t for t in json.loads(path.read_text()).get("tasks", [])}
+    command = "python -m benchmarks.stability --cost --tasks " + " ".join(tasks) + f" --images {images}" + (
+        " --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else "")
+    payload = {"benchmark": "stability_cost", "environment": environment("cpu"), "command": command,
                "settings": PROTOCOL, "tasks": []}
+    if earlier:
+        payload["earlier_commands"] = json.loads(path.read_text()).get("earlier_commands", []) + [
+            json.loads(path.read_text()).get("command")]
     for t in tasks:
-        payload["tasks"].append(step_costs(t, PROTOCOL, images=images, methods=methods, log=log,
-                                           reference_dir=reference_dir))
+        new = step_costs(t, PROTOCOL, images=images, methods=methods, log=log, reference_dir=reference_dir)
+        if t in earlier:
+            measured = {r["method"] for r in new["methods"]}
+            new["methods"] = [r for r in earlier[t]["methods"] if r["method"] not in measured] + new["methods"]
+            for key in ("hours_at_min_steps", "hours_at_cap"):
+                new[key] = round(sum(r[f"protocol_{key}"] for r in new["methods"]), 2)
+        payload["tasks"].append(new)
         write_result("stability_cost", payload, results_dir=folder)
     return payload
 
