@@ -118,7 +118,7 @@ def test_quality_resume_keeps_tasks_of_the_same_size_only(results, monkeypatch):
                           models=["peer"], log=lambda *_: None, reference_dir=RESULTS)
     assert calls == [TASK]
     (task,) = payload["tasks"]
-    assert task["earlier_tuning"] and "tuned with the grids and solver budgets of that run" in "\n".join(
+    assert task["earlier_tuning"] and "tuned with the grids and solver budgets of the run" in "\n".join(
         _report.quality_section(payload, ".", results))
     peer_row = next(r for r in task["rows"] if r["kind"] == "peer")
     assert peer_row["measured_at"] == payload["environment"]["git_commit"] and peer_row["steps"] > 0

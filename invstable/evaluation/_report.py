@@ -79,10 +79,11 @@ def quality_section(payload, rel, folder) -> list[str]:
                   "| method | PSNR | SSIM | rel. error | bound | bound kind | seconds |", "|---|---|---|---|---|---|---|"]
         if t.get("measured_at") and t["measured_at"] != (payload.get("environment") or {}).get("git_commit"):
             lines[-2:-2] = [f"Measured at commit `{str(t['measured_at'])[:10]}` by an earlier run of the same size "
-                            "(kept by `--resume`)." + (
-                                " **Its baselines were tuned with the grids and solver budgets of that run, not "
-                                "this code's** (recorded under `tuning`; a run without `--models` measures them "
-                                "again)." if t.get("earlier_tuning") else ""), ""]
+                            "(kept by `--resume`).", ""]
+        if t.get("earlier_tuning"):
+            lines[-2:-2] = ["**The baselines of this task were tuned with the grids and solver budgets of the run "
+                            "that measured them, not this code's** (recorded under `tuning`; a run without "
+                            "`--models` measures them again).", ""]
         notes = []
         for r in t["rows"]:
             if r.get("missing"):
