@@ -31,6 +31,10 @@ from ._record import shown
 MODEL_PREFIX = {"ct-30": "ct30-", "blur-g2": "blur-", "ct-180": None, "ct-30-lowdose": None}
 #: the tasks whose preset of the universal regulariser is shipped (tuned on their validation images)
 UNIVERSAL_PRESETS = ("ct-30", "blur-g2")
+#: what the adversarial search follows for the universal regulariser: its solver at a 10x looser tolerance and
+#: the implicit derivative's conjugate gradients stopped at a relative residual of 1e-3 (an ascent direction is
+#: enough; every perturbation found is then scored on the model as served, at its own tolerance)
+UNIVERSAL_SEARCH = {"tol": 1e-2, "derivative_tol": 1e-3}
 #: the initial validation grids (log-spaced) of Tikhonov's alpha and TV's lambda; :func:`tune_weight` widens them
 ALPHAS = np.logspace(-4, -0.5, 8)
 LAMBDAS = np.logspace(-4, -2, 5)
@@ -352,12 +356,16 @@ def universal(name: str) -> list[Method]:
         return []
     key = ("universal", name)
     if key not in _MODELS:
-        _MODELS[key] = load_model("universal", operator=get_task(name).operator, preset=name).eval()
-        _MODELS[key].requires_grad_(False)
-    model = _MODELS[key]
+        op = get_task(name).operator
+        # the model as served, and a looser copy that the search follows (its perturbations are scored on the other)
+        _MODELS[key] = load_model("universal", operator=op, preset=name).eval().requires_grad_(False)
+        _MODELS[key, "search"] = load_model("universal", operator=op, preset=name,
+                                            tol=UNIVERSAL_SEARCH["tol"]).eval().requires_grad_(False)
+        _MODELS[key, "search"].derivative_tol = UNIVERSAL_SEARCH["derivative_tol"]
+    model, search = _MODELS[key], _MODELS[key, "search"]
     return [Method("universal (task preset)", "learned", model, model.lipschitz_bound, "certified",
-                   {"family": "convex ridge regulariser", "tol": model.tol},
-                   module=model, warm=lambda y, x0: model(y, x0=x0))]
+                   {"family": "convex ridge regulariser", "tol": model.tol, "search": dict(UNIVERSAL_SEARCH)},
+                   module=model, warm=lambda y, x0: search(y, x0=x0))]
 
 
 def peer(name: str, reference_dir: str | Path | None) -> list[Method]:

@@ -16,8 +16,9 @@ all the random starts of a method in one batch, R(y) computed once, the eta leve
 level warm-started from the previous one's worst perturbation, and early stopping of a start once its best
 objective has stopped rising (after ``min_steps``; the protocol's steps are the cap; the steps used are recorded).
 Tikhonov is differentiated implicitly, FBP as the linear map it is, the networks as networks; the universal
-regulariser (its task preset, certified with a solver's additive term) implicitly too, each solve of the search
-warm-started at R(y), and its violations read against L + additive / ||d||. TV is attacked twice:
+regulariser (its task preset, certified with a solver's additive term) implicitly too, through a looser copy
+(``UNIVERSAL_SEARCH``) whose solves start at R(y), the perturbations found scored on the model as served and its
+violations read against L + additive / ||d||. TV is attacked twice:
 directly, through an unrolled TV (``TV_UNROLLED`` FISTA iterations warm-started at the converged TV solution of y)
 whose perturbations are then evaluated on the full TV, and by transfer (the perturbations found for Tikhonov); for
 each image the larger loss of the two is reported, and both estimates are kept in the row.
@@ -98,7 +99,8 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int 
     elif method.warm is not None:  # a solver: every step of the search starts from R(y), not from scratch
         with torch.no_grad():
             x0 = torch.cat([method.reconstruct(y[i:i + batch]) for i in range(0, len(y), batch)])
-        attack, how = (method.warm, x0), "search on this method (each solve warm-started at R(y))"
+        attack, how = (method.warm, x0), ("search on this method (through a looser copy of its solver, warm-started "
+                                          "at R(y); scored on the model as served)")
     result = study(method.reconstruct, x, y, settings, attack=attack, transfer=transfer, found=found, batch=batch,
                    seed=seed)
     bound = method.bound()

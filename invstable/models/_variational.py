@@ -77,7 +77,7 @@ class _ImplicitSolve(torch.autograd.Function):
     def backward(ctx, grad_x):
         (x,) = ctx.saved_tensors
         with torch.no_grad():
-            v = ctx.model._hessian_solve(x, grad_x, ctx.op)
+            v = ctx.model._hessian_solve(x, grad_x, ctx.op, rtol=ctx.model.derivative_tol)
             grad_y = ctx.op.A(v)
         return grad_y, None, None, None
 
@@ -151,6 +151,9 @@ class VariationalInverse(Reconstructor):
         #: start each solve from the previous solution when it has the same shape (a sequence of nearby
         #: measurements, e.g. an adversarial search); the result differs only within the certified tolerance
         self.warm_start = False
+        #: relative residual at which the conjugate gradients of the implicit derivative (``y`` requiring grad)
+        #: stop; an adversarial search, which needs an ascent direction and not an exact gradient, may loosen it
+        self.derivative_tol = 1e-6
         self._previous: torch.Tensor | None = None
         self.last_solve: SolveInfo | None = None
         self.tuning: dict | None = None
