@@ -75,6 +75,31 @@ def _unrolled_tv(method, op):
     return reconstruct
 
 
+def _attacked(method, y, operator, batch: int):
+    """What the search differentiates instead of ``method.reconstruct``, as ``(R', R(y))`` with ``R'(y, x0)``:
+    TV's unrolled TV (given its ``operator``) or a solver's warm-started copy (``method.warm``), both started at
+    R(y); None when the method itself is searched."""
+    if operator is not None and "lambda" in method.extra:
+        fn = _unrolled_tv(method, operator)
+    elif method.warm is not None:
+        fn = method.warm
+    else:
+        return None
+    with torch.no_grad():
+        x0 = torch.cat([method.reconstruct(y[i:i + batch]) for i in range(0, len(y), batch)])
+    return fn, x0
+
+
+def _methods_option(methods) -> str:
+    """``methods`` as the ``--methods`` option of a recorded command line ('' for all)."""
+    return " --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else ""
+
+
+def _protocol_methods(name: str, found: list, reference_dir) -> list:
+    """The baselines ``found`` (less ``SKIPPED``), the shipped models, the universal regulariser and the peer."""
+    return [m for m in found if m.name not in SKIPPED] + learned(name) + universal(name) + peer(name, reference_dir)
+
+
 def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int = 0,
                     transfer: dict | None = None, found: dict | None = None, operator=None) -> dict:
     """The random and adversarial protocol (:func:`study`) for one method on the images ``x`` (measurements
@@ -87,20 +112,16 @@ def evaluate_method(method, x, y, settings: dict, *, batch: int = 20, seed: int 
     collects this method's perturbations in that form.
     """
     start = time.perf_counter()
-    attack, how = None, "search on this method"
+    attack, how = _attacked(method, y, operator, batch), "search on this method"
+    if attack is not None:
+        how = (f"direct (unrolled TV, {TV_UNROLLED['max_iter']} FISTA x {TV_UNROLLED['prox_iter']} prox iterations "
+               "warm-started at TV(y))" if method.warm is None else
+               "search on this method (through a looser copy of its solver, warm-started at R(y); scored on the "
+               "model as served)")
     if transfer is not None:
-        attack, how = False, f"transfer from {TRANSFER_SOURCE}"
-        if operator is not None and "lambda" in method.extra:
-            with torch.no_grad():
-                x0 = torch.cat([method.reconstruct(y[i:i + batch]) for i in range(0, len(y), batch)])
-            attack = (_unrolled_tv(method, operator), x0)
-            how = (f"direct (unrolled TV, {TV_UNROLLED['max_iter']} FISTA x {TV_UNROLLED['prox_iter']} prox "
-                   f"iterations warm-started at TV(y)) and transfer from {TRANSFER_SOURCE}; the larger loss per image")
-    elif method.warm is not None:  # a solver: every step of the search starts from R(y), not from scratch
-        with torch.no_grad():
-            x0 = torch.cat([method.reconstruct(y[i:i + batch]) for i in range(0, len(y), batch)])
-        attack, how = (method.warm, x0), ("search on this method (through a looser copy of its solver, warm-started "
-                                          "at R(y); scored on the model as served)")
+        how = f"transfer from {TRANSFER_SOURCE}" if attack is None else \
+            f"{how} and transfer from {TRANSFER_SOURCE}; the larger loss per image"
+        attack = False if attack is None else attack  # False: only the transferred perturbations
     result = study(method.reconstruct, x, y, settings, attack=attack, transfer=transfer, found=found, batch=batch,
                    seed=seed)
     bound = method.bound()
@@ -141,10 +162,9 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
     spec = get_task(name)
     x, y, _ = pairs(spec.pairs("test"), settings["images"])
     chosen = methods
-    methods, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
-                                reference_dir=reference_dir)
-    methods = [m for m in methods if m.name not in SKIPPED]
-    methods += learned(name) + universal(name) + peer(name, reference_dir)
+    found, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
+                              reference_dir=reference_dir)
+    methods = _protocol_methods(name, found, reference_dir)
     if chosen is not None:
         names = [m.name for m in methods]
         unknown = sorted(set(chosen) - set(names))
@@ -185,7 +205,7 @@ def _search_cost(fn, y, aux, steps: int, restarts: int) -> float:
 
 
 def step_costs(name: str, settings: dict, *, images: int = 2, methods: list[str] | None = None, log=print,
-               reference_dir: str | Path | None = None, quick: bool = False) -> dict:
+               reference_dir: str | Path | None = None) -> dict:
     """Seconds per step of the adversarial search of every method of ``name`` at the protocol's batch
     (``settings``: images x restarts), and the time of the whole protocol they imply.
 
@@ -196,13 +216,11 @@ def step_costs(name: str, settings: dict, *, images: int = 2, methods: list[str]
     times the steps of each start (between the early-stopping minimum and the cap) times the levels times the two
     objectives, plus nothing for the evaluations (a few full solves): a lower estimate of what a run takes. The
     baselines' weights are not tuned (the middle of their grids; their solvers' budgets are the protocol's).
-    ``quick``: the baselines at the quick size (their solvers' smaller budgets; for tests).
     """
     spec = get_task(name)
     x, y, _ = pairs(spec.pairs("test"), images)
     # the baselines' weights at the middle of their grids: the time of a step is measured, not a reconstruction
-    found, _tuning = baselines(name, n_val=0, quick=quick, exact_bounds=False)
-    found = [m for m in found if m.name not in SKIPPED] + learned(name) + universal(name) + peer(name, reference_dir)
+    found = _protocol_methods(name, baselines(name, n_val=0, quick=False, exact_bounds=False)[0], reference_dir)
     if methods is not None:
         found = [m for m in found if m.name in methods]
     restarts, scale = settings["restarts"], settings["images"] / images
@@ -210,15 +228,7 @@ def step_costs(name: str, settings: dict, *, images: int = 2, methods: list[str]
     low = min(MIN_STEPS, settings["steps"])
     rows = []
     for m in found:
-        fn, aux = m.reconstruct, None
-        if "lambda" in m.extra:  # TV: its direct attack differentiates the unrolled TV warm-started at TV(y)
-            with torch.no_grad():
-                aux = m.reconstruct(y)
-            fn = _unrolled_tv(m, spec.operator)
-        elif m.warm is not None:
-            with torch.no_grad():
-                aux = m.reconstruct(y)
-            fn = m.warm
+        fn, aux = _attacked(m, y, spec.operator, len(y)) or (m.reconstruct, None)
         one = _search_cost(fn, y, aux, 1, restarts)
         three = _search_cost(fn, y, aux, 3, restarts)
         per_step = max(three - one, 0.0) / 2 * scale
@@ -243,16 +253,14 @@ def run_cost(*, results_dir: str | Path, tasks=("ct-30", "blur-g2"), threads: in
     torch.set_num_threads(threads)
     folder = results_folder(results_dir)
     path = folder / "stability_cost.json"
-    earlier = {}
-    if methods is not None and path.is_file():
-        earlier = {t["task"]: t for t in json.loads(path.read_text()).get("tasks", [])}
-    command = "python -m benchmarks.stability --cost --tasks " + " ".join(tasks) + f" --images {images}" + (
-        " --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else "")
+    before = json.loads(path.read_text()) if methods is not None and path.is_file() else {}
+    earlier = {t["task"]: t for t in before.get("tasks", [])}
+    command = ("python -m benchmarks.stability --cost --tasks " + " ".join(tasks) + f" --images {images}"
+               + _methods_option(methods))
     payload = {"benchmark": "stability_cost", "environment": environment("cpu"), "command": command,
                "settings": PROTOCOL, "tasks": []}
     if earlier:
-        payload["earlier_commands"] = json.loads(path.read_text()).get("earlier_commands", []) + [
-            json.loads(path.read_text()).get("command")]
+        payload["earlier_commands"] = before.get("earlier_commands", []) + [before.get("command")]
     for t in tasks:
         new = step_costs(t, PROTOCOL, images=images, methods=methods, log=log, reference_dir=reference_dir)
         if t in earlier:
@@ -361,8 +369,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
     if resume and (folder / "stability.json").is_file():
         previous = {t["task"]: t for t in json.loads((folder / "stability.json").read_text()).get("tasks", [])}
     command = command or "python -m benchmarks.stability" + (" --quick" if quick else "") + " --tasks " + " ".join(tasks) + "".join(
-        f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in overrides.items() if v is not None) + (
-        " --methods " + " ".join(repr(m) if " " in m else m for m in methods) if methods else "")
+        f" --{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in overrides.items() if v is not None) + _methods_option(methods)
     payload = {"benchmark": "stability", "environment": environment("cpu"), "command": command, "quick": quick,
                "settings": settings, "protocol_settings": PROTOCOL, "methods": methods, "complete": False,
                "tasks": []}
