@@ -144,10 +144,13 @@ def train_peer(task: str, *, out: str | Path, steps: int | None = None, threads:
     last = cfg["steps"] if until is None else min(until, cfg["steps"])
     start = time.perf_counter()
 
+    def seconds():  # the training time of the whole schedule so far, the earlier runs included
+        return spent + time.perf_counter() - start
+
     def save_checkpoint(step):
         state = {"format": FORMAT + "-checkpoint", "cfg": cfg, "step": step, "model": _snapshot(model),
                  "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "best": best, "history": history,
-                 "seconds": spent + time.perf_counter() - start}
+                 "seconds": seconds()}
         atomic_write(Path(checkpoint), lambda tmp: torch.save(state, tmp))
 
     for step in range(first, last):
@@ -161,7 +164,7 @@ def train_peer(task: str, *, out: str | Path, steps: int | None = None, threads:
         if (step + 1) % cfg["validate_every"] == 0 or step + 1 == cfg["steps"]:
             value = validate()
             history.append({"step": step + 1, "loss": float(loss.detach()), "validation_psnr": value,
-                            "seconds": round(spent + time.perf_counter() - start, 1)})
+                            "seconds": round(seconds(), 1)})
             log(f"peer {task} step {step + 1}/{cfg['steps']} loss {float(loss.detach()):.5f} validation PSNR {value:.2f}")
             if value > best["psnr"]:
                 best = {"psnr": value, "step": step + 1, "state": _snapshot(model)}
@@ -171,7 +174,7 @@ def train_peer(task: str, *, out: str | Path, steps: int | None = None, threads:
         save_checkpoint(last)
     complete = last == cfg["steps"]
     record = {"format": FORMAT, "task": task, "recipe": cfg, "best_step": best["step"],
-              "validation_psnr": best["psnr"], "train_seconds": round(spent + time.perf_counter() - start, 1),
+              "validation_psnr": best["psnr"], "train_seconds": round(seconds(), 1),
               "threads": torch.get_num_threads(), "complete": complete, "history": history}
     if complete:
         atomic_write(weights_path(task, out),
