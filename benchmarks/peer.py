@@ -29,11 +29,13 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file (default checkpoints/peer-<task>/checkpoint.pt)")
+    parser.add_argument("--depth", type=int, default=None, help="DnCNN layers (default 5)")
+    parser.add_argument("--features", type=int, default=None, help="DnCNN channels (default 16)")
     args = parser.parse_args(argv)
     out = RESULTS if args.out is None else args.out
     checkpoint = args.checkpoint or ROOT / "checkpoints" / f"peer-{args.task}" / "checkpoint.pt"
     record = train_peer(args.task, steps=args.steps, out=out, threads=args.threads, checkpoint=checkpoint,
-                        resume=args.resume, until=args.until)
+                        resume=args.resume, until=args.until, depth=args.depth, features=args.features)
     where = f"written {peer_weights_path(args.task, out)}" if record["complete"] else f"checkpoint {checkpoint}"
     print(f"best validation PSNR {record['validation_psnr']:.2f} dB at step {record['best_step']} "
           f"({record['train_seconds']:.0f} s); {where}")

@@ -53,11 +53,11 @@ def score(name: str, task: str, count: int, batch: int = 8) -> dict:
     """Mean validation PSNR (reconstructions clipped to [0, 1]) and certified bound of one candidate."""
     import invstable
     from invstable.data import task as protocol_task
-    from invstable.models._pretrained import UNIVERSAL
+    from invstable.models._pretrained import REGULARISERS
     from invstable.training import psnr
 
     spec = protocol_task(task)
-    if name in UNIVERSAL:
+    if name in REGULARISERS:
         model = invstable.load_model(name, operator=spec.operator, preset=task)
     else:
         model = invstable.load_model(name)

@@ -299,9 +299,9 @@ def test_ddp_on_two_gloo_processes_matches_one_process(tmp_path):
 # ---------------------------------------------------------------------------------------------- shipped models
 def _shipped(stable_only=True):
     from invstable.models import list_models
-    from invstable.models._pretrained import UNIVERSAL  # any-operator models: tests/test_universal.py
+    from invstable.models._pretrained import REGULARISERS  # any-operator models: tests/test_universal.py
 
-    return [n for n in list_models() if n not in UNIVERSAL and not (stable_only and n.endswith("unconstrained"))]
+    return [n for n in list_models() if n not in REGULARISERS and not (stable_only and n.endswith("unconstrained"))]
 
 
 def _search_shipped(name, steps, restarts, count):

@@ -21,7 +21,8 @@ import torch
 
 from ..baselines import Tikhonov, TotalVariation, fbp, tikhonov
 from ..data import task as get_task
-from ..models import list_models, load_model
+from ..models import list_models, load_model, model_info
+from ..models._pretrained import REGULARISERS
 from ._metrics import psnr
 from ._peer import RECIPE as PEER_RECIPE
 from ._peer import load_peer, weights_path
@@ -339,6 +340,10 @@ def learned(name: str, models: list[str] | None = None) -> list[Method]:
     for model_name in models if models is not None else list_models():
         if not model_name.startswith(prefix):
             continue
+        if model_name in REGULARISERS:  # a regulariser fine-tuned on this task, with its preset
+            if model_info(model_name).get("task") == name:
+                out.append(_regulariser(model_name, name, model_name))
+            continue
         if model_name not in _MODELS:  # loading re-derives the spectral norms: once per process
             _MODELS[model_name] = load_model(model_name).eval().requires_grad_(False)  # attacks need no weight grads
         model = _MODELS[model_name]
@@ -348,24 +353,29 @@ def learned(name: str, models: list[str] | None = None) -> list[Method]:
     return out
 
 
-def universal(name: str) -> list[Method]:
-    """The universal regulariser with the preset of ``name`` (what ``load_model(task=name)`` serves when it is the
-    recommended model), as a method: certified, with its solver's additive term in ``extra``; nothing for a task
-    without a preset."""
-    if "universal" not in list_models() or name not in UNIVERSAL_PRESETS:
-        return []
-    key = ("universal", name)
+def _regulariser(model_name: str, task: str, label: str) -> Method:
+    """A shipped convex ridge regulariser with its preset for ``task`` as a method: certified, with its solver's
+    additive term in ``extra``, and a looser copy (``UNIVERSAL_SEARCH``) that an adversarial search follows."""
+    key = (model_name, task)
     if key not in _MODELS:
-        op = get_task(name).operator
+        op = get_task(task).operator
         # the model as served, and a looser copy that the search follows (its perturbations are scored on the other)
-        _MODELS[key] = load_model("universal", operator=op, preset=name).eval().requires_grad_(False)
-        _MODELS[key, "search"] = load_model("universal", operator=op, preset=name,
+        _MODELS[key] = load_model(model_name, operator=op, preset=task).eval().requires_grad_(False)
+        _MODELS[key, "search"] = load_model(model_name, operator=op, preset=task,
                                             tol=UNIVERSAL_SEARCH["tol"]).eval().requires_grad_(False)
         _MODELS[key, "search"].derivative_tol = UNIVERSAL_SEARCH["derivative_tol"]
     model, search = _MODELS[key], _MODELS[key, "search"]
-    return [Method("universal (task preset)", "learned", model, model.lipschitz_bound, "certified",
-                   {"family": "convex ridge regulariser", "tol": model.tol, "search": dict(UNIVERSAL_SEARCH)},
-                   module=model, warm=lambda y, x0: search(y, x0=x0))]
+    return Method(label, "learned", model, model.lipschitz_bound, "certified",
+                  {"family": "convex ridge regulariser", "tol": model.tol, "search": dict(UNIVERSAL_SEARCH)},
+                  module=model, warm=lambda y, x0: search(y, x0=x0))
+
+
+def universal(name: str) -> list[Method]:
+    """The universal regulariser with the preset of ``name`` (what ``load_model(task=name)`` serves when it is the
+    recommended model), as a method; nothing for a task without a preset."""
+    if "universal" not in list_models() or name not in UNIVERSAL_PRESETS:
+        return []
+    return [_regulariser("universal", name, "universal (task preset)")]
 
 
 def peer(name: str, reference_dir: str | Path | None) -> list[Method]:

@@ -84,13 +84,15 @@ def _snapshot(model) -> dict:
 
 def train_peer(task: str, *, out: str | Path, steps: int | None = None, threads: int | None = None,
                validation_count: int | None = None, device: str = "cpu", checkpoint: str | Path | None = None,
-               resume: bool = False, until: int | None = None, log=print) -> dict:
+               resume: bool = False, until: int | None = None, depth: int | None = None,
+               features: int | None = None, log=print) -> dict:
     """Train the peer of ``task`` (``RECIPE``); return the training record.
 
     ``checkpoint``: a file rewritten (atomically) at every validation and at the end with the weights, the optimiser, the
     schedule, the best weights so far and the curve; with ``resume`` the run continues from it (the batches are a
     function of the step, so the continuation is the run that was not interrupted). ``until``: stop after that
-    step (the schedule stays that of ``steps``). The weights (the best on validation) are written to
+    step (the schedule stays that of ``steps``). ``depth`` and ``features`` size the DnCNN (default ``COMMON``:
+    5 and 16); they are part of the recipe, so a checkpoint of another size is refused. The weights (the best on validation) are written to
     ``out/peer-<task>.safetensors`` only when the schedule is complete; the record says ``complete``.
     """
     from safetensors.torch import save_file  # noqa: PLC0415
@@ -106,6 +108,11 @@ def train_peer(task: str, *, out: str | Path, steps: int | None = None, threads:
         cfg["steps"] = steps
     if validation_count is not None:
         cfg["validation_count"] = validation_count
+    for name, value in (("depth", depth), ("features", features)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an int >= 2 (the DnCNN's layers / channels), got {value!r}")
+            cfg[name] = value
     spec = get_task(task)
     dev = torch.device(device)
     torch.manual_seed(cfg["seed"])  # the initial weights, so that a run is reproduced by its recipe

@@ -22,10 +22,13 @@ PRETRAINED = {
     "ct30-wide": "CT-30, wide gradient-flow unrolled inverse (10 iterations, 32 hidden features, learned first guess)",
     "blur-wide": "Blur-G2, wide gradient-flow unrolled inverse (10 iterations, 32 hidden features, learned first guess)",
     "universal": "any operator: learned convex ridge regulariser (variational, certified 1/(2 sqrt m))",
+    "blur-ridge": "Blur-G2: the universal regulariser fine-tuned on the task through its minimiser (variational, "
+                  "certified 1/(2 sqrt m))",
 }
 
-#: models that serve any operator (``load_model(name, operator=...)``)
-UNIVERSAL = ("universal",)
+#: the convex ridge regularisers: variational models that serve any operator (``load_model(name, operator=...)``);
+#: "universal" was trained as a denoiser, the others were fine-tuned on one task (their preset)
+REGULARISERS = ("universal", "blur-ridge")
 
 #: which shipped certified model ``load_model(task=...)`` returns: written by scripts/select_models.py from the
 #: validation PSNR of every certified candidate on the same validation images (never from test data)
@@ -123,8 +126,20 @@ def _summary(name: str, raw: dict) -> dict:
         from ._variational import DEFAULT_STRONG_CONVEXITY  # noqa: PLC0415
 
         presets = raw.get("presets") or {}
-        sigmas = [lv["sigma"] for lv in raw.get("noise_levels") or []] or (training.get("config") or {}).get("sigmas")
         bounds = {task: _bound(p["strong_convexity"]) for task, p in presets.items()}
+        tuned_on = (training.get("config") or {}).get("task")
+        if tuned_on is not None:  # fine-tuned on a task (training.finetune_ridge): that task's problem and preset
+            spec = _task_spec(tuned_on)
+            out.update(task=tuned_on, task_description=None if spec is None else spec.description,
+                       geometry=_geometry(None, spec), noise=_noise(spec),
+                       validation={"psnr": training.get("validation_psnr"),
+                                   "count": (presets.get(tuned_on) or {}).get("n_validation"),
+                                   "presets": {t: {"psnr": p.get("validation_psnr"), "count": p.get("n_validation")}
+                                               for t, p in presets.items()},
+                                   "selection": selection},
+                       lipschitz_bound=bounds, certified=True)
+            return out
+        sigmas = [lv["sigma"] for lv in raw.get("noise_levels") or []] or (training.get("config") or {}).get("sigmas")
         bounds["noise_rule"] = _bound(DEFAULT_STRONG_CONVEXITY)
         out.update(task=None, task_description="any linear operator (pass operator= to load_model)", geometry=None,
                    noise={"kind": "gaussian", "denoising": True, "sigmas": sigmas},
@@ -241,7 +256,7 @@ def _recommended_model(task: str, device):
                          f"(or load a model by name: {list_models()})")
     choice = table[task]
     name = choice["name"]
-    if name in UNIVERSAL:
+    if name in REGULARISERS:
         from ..data import task as protocol_task
 
         model = load_model(name, operator=protocol_task(task).operator, preset=task, device=device)
@@ -322,14 +337,22 @@ def _universal(path: Path, operator, preset, noise_level, options):
                          "LinearPhysics, an invstable operator, or anything invstable.as_operator takes)")
     reg, extra = load_regularizer(path)
     presets = extra.get("presets", {})
+    weights_given = {"lam", "scale", "strong_convexity"} <= set(options)
+    if preset is None and "noise_levels" not in extra and not weights_given:
+        if noise_level is not None or len(presets) != 1:
+            raise ValueError(f"the regulariser {str(path)!r} was fine-tuned on a task and has no noise-level rule; "
+                             f"pass preset= (its presets: {sorted(presets)}) or lam=, scale= and strong_convexity=")
+        preset = next(iter(presets))  # fine-tuned on one task: its learned weights are the default
     if preset is not None:
         if preset not in presets:
             raise ValueError(f"no preset {preset!r} in {str(path)!r}; shipped presets: {sorted(presets)}")
         values = {k: presets[preset][k] for k in ("lam", "scale", "strong_convexity")}
         values["bounds"] = tuple(presets[preset].get("bounds", (0.0, 1.0)))
         values["reference"] = float(presets[preset].get("reference", 0.0))
-    else:
+    elif "noise_levels" in extra:
         values = noise_rule(extra["noise_levels"], noise_level)
+    else:
+        values = {}
     values.update(options)
     model = VariationalInverse(reg, operator, **values)
     raw = {"model": {"class": "ConvexRidgeRegularizer", "channels": list(reg.channels),

@@ -10,6 +10,10 @@ from ._loop import resolve_device as resolve_device
 from ._loop import train as train
 from ._ridge import RidgeConfig as RidgeConfig
 from ._ridge import RidgeDenoiser as RidgeDenoiser
+from ._ridge import TaskRidgeConfig as TaskRidgeConfig
+from ._ridge import finetune_ridge as finetune_ridge
+from ._ridge import save_task_ridge as save_task_ridge
 from ._ridge import save_universal as save_universal
 from ._ridge import train_ridge as train_ridge
 from ._ridge import write_learning_curve as write_learning_curve
+from ._ridge import write_task_ridge_curve as write_task_ridge_curve

@@ -261,3 +261,278 @@ def write_learning_curve(record: dict, path: str | Path) -> Path:
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tuning on a task: the regulariser through the exact minimiser (bilevel)
+
+TASK_RIDGE_CHECKPOINT = "invstable.task-ridge-checkpoint/1"
+
+
+@dataclasses.dataclass
+class TaskRidgeConfig:
+    r"""Hyper-parameters of :func:`finetune_ridge` (recorded in the model file and the checkpoint).
+
+    The strong convexity is held at :math:`m = 1 / (4 L_{\max}^2)`, so the certified bound of the minimiser is
+    ``max_lipschitz`` whatever the training does; ``lam`` and ``scale`` start at the start model's preset for the
+    task and are learned with the filters and the activations.
+    """
+
+    task: str = "blur-g2"
+    start: str = "universal"
+    max_lipschitz: float = 10.0
+    patch: int = 40
+    pool: int = 512
+    batch_size: int = 8
+    steps: int = 1500
+    lr: float = 3e-4
+    lr_spline: float = 3e-3
+    lr_weights: float = 1e-2
+    final_lr_ratio: float = 0.1
+    tol: float = 1e-3
+    derivative_tol: float = 1e-3
+    validation_images: int = 16
+    validate_every: int = 100
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _task_problem(config: TaskRidgeConfig):
+    """The task's noise rule and its operator at the patch size (shift-invariant operators only: a crop of a
+    blurred image is the blur of the crop up to the boundary, which the circular model makes exact)."""
+    from ..data import task as get_task
+    from ..data._tasks import TASKS
+    from ..operators import make_operator
+
+    if config.task not in TASKS or TASKS[config.task].kind != "blur":
+        raise ValueError(f"fine-tuning on patches needs a shift-invariant (blur) task, got {config.task!r}; "
+                         f"blur tasks: {sorted(t for t, s in TASKS.items() if s.kind == 'blur')}")
+    spec = TASKS[config.task]
+    params = dict(spec.operator["params"], image_size=config.patch)
+    return get_task(config.task), make_operator(spec.operator["name"], **params)
+
+
+def _start_model(config: TaskRidgeConfig, operator):
+    from ..models._io import load_regularizer
+    from ..models._pretrained import _pretrained_path
+    from ..models._variational import VariationalInverse
+
+    reg, extra = load_regularizer(_pretrained_path(config.start))
+    preset = extra.get("presets", {}).get(config.task)
+    if preset is None:
+        raise ValueError(f"the start model {config.start!r} has no preset for {config.task!r} to start lam and "
+                         f"scale from; its presets: {sorted(extra.get('presets', {}))}")
+    m = 1.0 / (4.0 * config.max_lipschitz ** 2)
+    model = VariationalInverse(reg, operator, lam=preset["lam"], scale=preset["scale"], strong_convexity=m,
+                               reference=float(preset.get("reference", 0.0)),
+                               bounds=tuple(preset.get("bounds", (0.0, 1.0))), tol=config.tol)
+    model.derivative_tol = config.derivative_tol
+    return model
+
+
+def minimiser_loss(model, x: torch.Tensor, y: torch.Tensor, log_lam: torch.Tensor, log_scale: torch.Tensor, *,
+                   x0: torch.Tensor | None = None, derivative_tol: float = 1e-3):
+    r"""Mean squared error of the minimiser of ``model`` (a :class:`~invstable.models.VariationalInverse` whose
+    ``lam`` and ``scale`` are ``exp(log_lam)``, ``exp(log_scale)``) against ``x``; its implicit gradient is
+    accumulated into the ``.grad`` of the regulariser's weights, ``log_lam`` and ``log_scale``.
+
+    With :math:`v` solving :math:`PHPv = P
+abla_{\hat x}\ell` (``H`` the Hessian at :math:`\hat x`, ``P`` the
+    pixels off the box), :math:`
+abla_	heta \ell = -
+abla_	heta\langle v, \lambda
+abla R_{\mu,	heta}(\hat x)
+    
+angle` at fixed :math:`\hat x` and :math:`v` (derivation: docs/universal.md). Returns ``(loss, x_hat, info)``.
+    """
+    model.lam, model.scale = float(log_lam.detach().exp()), float(log_scale.detach().exp())
+    x_hat, info = model.solve(y, x0=x0)
+    loss = (x_hat - x).pow(2).mean()
+    v = model._hessian_solve(x_hat, 2.0 * (x_hat - x) / x.numel(), model.operator, rtol=derivative_tol)
+    surrogate = -(log_lam.exp() * model.regularizer.gradient(x_hat, log_scale.exp()) * v).sum()
+    surrogate.backward()
+    return loss.detach(), x_hat, info
+
+
+def finetune_ridge(config: TaskRidgeConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
+                   log=print, threads: int | None = None, until: int | None = None):
+    r"""Fine-tune a shipped ridge regulariser on a task's training images through the minimiser it defines.
+
+    The loss is the mean squared error of :math:`\hat x(y) = \arg\min_{x \in [0,1]^n} \tfrac12\|Ax - y\|^2 +
+    \lambda R_{\mu,\theta}(x) + \tfrac m2\|x - c\|^2` on patches. Its gradient in the weights :math:`\theta`,
+    :math:`\lambda` and :math:`\mu` is the implicit one (docs/universal.md, "Fine-tuning on a task"): with
+    :math:`v` solving :math:`PHPv = P\nabla_x \ell` at :math:`\hat x`,
+    :math:`\nabla_\theta \ell = -\nabla_\theta \langle v, \lambda \nabla R_{\mu,\theta}(\hat x)\rangle`.
+    Each pair of a fixed pool keeps its last minimiser, from which its next solve starts (the weights move little
+    between two visits). The certified bound stays ``config.max_lipschitz``: :math:`m` is not trained and the
+    activations stay monotone and 1-Lipschitz (convex :math:`R`) at every step.
+
+    Returns ``(model, record)``: the :class:`~invstable.models.VariationalInverse` with the best weights on the
+    validation images (the task's own operator, the learned ``lam`` and ``scale``) and the training record.
+    """
+    from ..data import TRAIN_IMAGES, ImageCrops
+
+    until = config.steps if until is None else min(int(until), config.steps)
+    if threads:
+        torch.set_num_threads(threads)
+    spec, op = _task_problem(config)
+    model = _start_model(config, op)
+    reg = model.regularizer.requires_grad_(True)
+    log_lam = nn.Parameter(torch.tensor(math.log(model.lam)))
+    log_scale = nn.Parameter(torch.tensor(math.log(model.scale)))
+    opt = torch.optim.Adam([
+        {"params": list(reg.kernels.parameters()), "lr": config.lr},
+        {"params": [reg.activation.raw_slopes], "lr": config.lr_spline},
+        {"params": [log_lam, log_scale], "lr": config.lr_weights},
+    ])
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(config.seed)
+    crops = ImageCrops(TRAIN_IMAGES, size=config.patch, count=config.pool, seed=config.seed, region="train")
+    x_pool = torch.stack([crops[i] for i in range(len(crops))]).float()
+    y_pool, _ = spec.noise(op.A(x_pool), rng=torch.Generator().manual_seed(config.seed + 1))
+    start_pool = y_pool.clamp(*model.bounds) if model.bounds is not None else y_pool.clone()
+    val = spec.pairs("validation")
+    n_val = min(config.validation_images, len(val))
+    x_val = torch.stack([val[i][0] for i in range(n_val)])
+    y_val = torch.stack([val[i][1] for i in range(n_val)])
+    full = _start_model(config, spec.operator)  # the task's operator: validation and the returned model
+    full.regularizer = reg
+    val_start = [None]  # each validation starts from the last one's minimisers (the score moves within tol)
+    curve, step, elapsed, best = [], 0, 0.0, {"psnr": -math.inf, "step": 0, "state": None}
+    path = None if checkpoint is None else Path(checkpoint)
+    if path is not None and path.exists():
+        if not resume:
+            raise FileExistsError(f"checkpoint {str(path)!r} exists; pass resume=True (--resume) to continue it, or "
+                                  "choose another path")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != TASK_RIDGE_CHECKPOINT or json.loads(state["config"]) != config.to_dict():
+            raise ValueError(f"checkpoint {str(path)!r} was made with another configuration; resume needs the same "
+                             "recipe (or start a new checkpoint)")
+        reg.load_state_dict(state["regularizer"])
+        with torch.no_grad():
+            log_lam.copy_(state["log_lam"])
+            log_scale.copy_(state["log_scale"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start_pool = state["start_pool"]
+        val_start[0] = state.get("validation_start")
+        step, elapsed, curve = int(state["step"]), float(state["seconds"]), json.loads(state["curve"])
+        best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+        log(f"resumed at step {step} ({elapsed:.0f} s)")
+
+    def settings():
+        return {"lam": float(log_lam.detach().exp()), "scale": float(log_scale.detach().exp())}
+
+    def validate():
+        full.lam, full.scale = settings()["lam"], settings()["scale"]
+        with torch.no_grad():
+            starts = val_start[0] if val_start[0] is not None else [None] * len(range(0, n_val, 8))
+            out = [full.solve(y_val[i:i + 8], x0=s)[0] for i, s in zip(range(0, n_val, 8), starts)]
+        val_start[0] = out
+        out = torch.cat(out)
+        mse = (out - x_val).pow(2).flatten(1).mean(1)
+        return float((10 * torch.log10(1 / mse)).mean())
+
+    def snapshot():
+        return {**{k: v.detach().clone() for k, v in reg.state_dict().items()},
+                "log_lam": log_lam.detach().clone(), "log_scale": log_scale.detach().clone()}
+
+    def save():
+        if path is None:
+            return
+        state = {"format": TASK_RIDGE_CHECKPOINT, "config": json.dumps(config.to_dict()),
+                 "regularizer": reg.state_dict(), "log_lam": log_lam.detach(), "log_scale": log_scale.detach(),
+                 "optimizer": opt.state_dict(), "generator": gen.get_state(), "start_pool": start_pool,
+                 "validation_start": val_start[0],
+                 "step": step, "seconds": elapsed, "curve": json.dumps(curve), "best_psnr": best["psnr"],
+                 "best_step": best["step"], "best_state": best["state"]}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    if step == 0:
+        value = validate()
+        curve.append({"step": 0, "seconds": 0.0, "validation_psnr": value, **settings()})
+        best = {"psnr": value, "step": 0, "state": snapshot()}
+        log(f"step 0: validation PSNR {value:.3f} dB ({n_val} images), {settings()}")
+    while step < until:
+        start = time.perf_counter()
+        idx = torch.randint(0, len(x_pool), (config.batch_size,), generator=gen)
+        x, y = x_pool[idx], y_pool[idx]
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * (config.final_lr_ratio + (1 - config.final_lr_ratio)
+                              * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+        opt.zero_grad(set_to_none=True)
+        loss, x_hat, info = minimiser_loss(model, x, y, log_lam, log_scale, x0=start_pool[idx],
+                                           derivative_tol=config.derivative_tol)
+        start_pool[idx] = x_hat
+        opt.step()
+        step += 1
+        elapsed += time.perf_counter() - start
+        if step % config.validate_every == 0 or step == until:
+            value = validate()
+            curve.append({"step": step, "seconds": round(elapsed, 2), "validation_psnr": value,
+                          "loss": loss.item(), "iterations": info.iterations, **settings()})
+            if value > best["psnr"]:
+                best = {"psnr": value, "step": step, "state": snapshot()}
+            log(f"step {step}: {elapsed:.0f} s, loss {loss.item():.3e}, {info.iterations} solver iterations, "
+                f"validation PSNR {value:.3f} dB, {settings()}")
+            save()
+    state = best["state"]
+    reg.load_state_dict({k: v for k, v in state.items() if not k.startswith("log_")})
+    full.lam, full.scale = float(state["log_lam"].exp()), float(state["log_scale"].exp())
+    reg.requires_grad_(False)
+    record = {"config": config.to_dict(), "steps": step, "seconds": round(elapsed, 1), "curve": curve,
+              "device": "cpu", "threads": torch.get_num_threads(), "best_step": best["step"],
+              "validation_psnr": best["psnr"], "validation_images": n_val,
+              "settings": {"lam": full.lam, "scale": full.scale, "strong_convexity": full.strong_convexity,
+                           "reference": full.reference, "bounds": list(full.bounds)}}
+    return full, record
+
+
+def save_task_ridge(model, record: dict, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a fine-tuned regulariser (:func:`finetune_ridge`) as a model file whose preset for its task holds the
+    learned ``lam`` and ``scale`` and the held ``m``, with the training record (recipe, validation scores)."""
+    from ..models._io import save_regularizer
+
+    task = record["config"]["task"]
+    preset = dict(record["settings"], validation_psnr=record["validation_psnr"],
+                  n_validation=record["validation_images"])
+    meta = {"training": {"kind": f"fine-tuned on {task} through the minimiser", "steps": record["steps"],
+                         "seconds": record["seconds"], "device": record.get("device"),
+                         "threads": record.get("threads"), "recipe": record.get("recipe"),
+                         "config": record["config"], "best_step": record["best_step"],
+                         "validation_psnr": record["validation_psnr"]},
+            "presets": {task: preset}}
+    return save_regularizer(model.regularizer, path, metadata=meta, overwrite=overwrite)
+
+
+def write_task_ridge_curve(record: dict, path: str | Path, *, name: str) -> Path:
+    """The learning curve of :func:`finetune_ridge` as JSON and, beside it, a PNG (validation PSNR of the task
+    against steps and seconds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    task = record["config"]["task"]
+    payload = {"what": f"{name}: the universal regulariser fine-tuned on {task} through the minimiser",
+               "device": record.get("device"), "threads": record.get("threads"), "recipe": record.get("recipe"),
+               "config": record["config"], "curve": record["curve"]}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    vals = [c["validation_psnr"] for c in record["curve"]]
+    axes[0].plot([c["step"] for c in record["curve"]], vals, marker="o")
+    axes[1].plot([c["seconds"] for c in record["curve"]], vals, marker="o")
+    axes[0].set_xlabel("training steps")
+    axes[1].set_xlabel(f"seconds ({record.get('device')}, {record.get('threads')} threads)")
+    for ax in axes:
+        ax.set_ylabel(f"validation PSNR, {record['validation_images']} images (dB)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{name}: learning curve on {task}")
+    fig.tight_layout()
+    png = path.with_suffix(".png")
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path
