@@ -187,28 +187,12 @@ def expand(compact_path: Path, out: Path, model) -> None:
 
 
 def _write_curve(name: str, record: dict, curve: list[dict]) -> None:
-    import matplotlib
+    from invstable.training import write_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from invstable.models._io import atomic_write
-
-    path = ROOT / "benchmarks" / "results" / f"training-{name}.json"
     payload = {"what": f"learning curve of {name}: validation PSNR (first {record['validation_count']} "
                        "validation images) against steps and seconds", **record, "curve": curve}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, key, label in ((axes[0], "step", "training steps"),
-                           (axes[1], "seconds", f"seconds ({record['device']}, {record['threads']} threads)")):
-        ax.plot([c[key] for c in curve], [c["validation_psnr"] for c in curve], marker=".")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation PSNR (dB)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{name}: learning curve (bound {record['lipschitz_bound']:.2f})")
-    fig.tight_layout()
-    atomic_write(path.with_suffix(".png"), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
+    write_curve(ROOT / "benchmarks" / "results" / f"training-{name}.json", payload,
+                title=f"{name}: learning curve (bound {record['lipschitz_bound']:.2f})")
 
 
 if __name__ == "__main__":

@@ -401,15 +401,15 @@ def certified_section(folder: Path, rel: str) -> list[str]:
             lines.append(f"| {r['variant']} | {r['what']} | {r['steps']} | {_f(r['validation_psnr'])} | "
                          f"{_f(r['lipschitz_bound'])} | {r['parameters']} | {_f(r['seconds'], 0)} |")
         lines.append("")
-    curves = sorted(folder.glob("training-*.json"))
-    if curves:
+    curves = [(path, json.loads(path.read_text())) for path in sorted(folder.glob("training-*.json"))]
+    wide = [(path, r) for path, r in curves if "schedule_steps" in r]  # scripts/train_certified.py
+    if wide:
         lines += ["### Learning curves of the wide models", "",
                   "Validation PSNR against steps and seconds (`scripts/train_certified.py`; the checkpoint in "
                   "`checkpoints/NAME/` continues the schedule with `--resume`).", "",
                   "| model | task | steps run / schedule | best validation PSNR (step) | bound | budget (2x Tikhonov) | "
                   "weights | seconds (device, threads) |", "|---|---|---|---|---|---|---|---|"]
-        for path in curves:
-            r = json.loads(path.read_text())
+        for path, r in wide:
             name = path.stem[len("training-"):]
             best = max(r["curve"], key=lambda c: c["validation_psnr"]) if r["curve"] else {}
             lines.append(f"| {name} | {r['task']} | {r['steps']} / {r['schedule_steps']} | "
@@ -417,7 +417,20 @@ def certified_section(folder: Path, rel: str) -> list[str]:
                          f"{_f(2 * r['tikhonov_constant'])} | {r['parameters']} | "
                          f"{_f(r['curve'][-1]['seconds'] if r['curve'] else None, 0)} ({r['device']}, {r['threads']}) |")
         lines.append("")
-        for path in curves:
+        for path, _ in wide:
+            _figure(lines, rel, folder, path.with_suffix(".png").name, f"learning curve of {path.stem[9:]}")
+    other = [(path, r) for path, r in curves if "schedule_steps" not in r and r.get("curve")]
+    if other:
+        lines += ["### Other learning curves: the deepinv peers and the fine-tuned regulariser", "",
+                  "| curve | what | steps | best validation PSNR (step) | seconds (device, threads) |",
+                  "|---|---|---|---|---|"]
+        for path, r in other:
+            best = max(r["curve"], key=lambda c: c["validation_psnr"])
+            lines.append(f"| {path.stem[len('training-'):]} | {r['what']} | {r['curve'][-1]['step']} | "
+                         f"{_f(best['validation_psnr'])} ({best['step']}) | "
+                         f"{_f(r['curve'][-1]['seconds'], 0)} ({r.get('device')}, {r.get('threads')}) |")
+        lines.append("")
+        for path, _ in other:
             _figure(lines, rel, folder, path.with_suffix(".png").name, f"learning curve of {path.stem[9:]}")
     return lines
 

@@ -1,5 +1,6 @@
 """Training of learned inverses: :func:`train`, checkpoints, distributed data parallel (``torchrun``)."""
 
+from ._curves import write_curve as write_curve
 from ._loop import TrainConfig as TrainConfig
 from ._loop import TrainResult as TrainResult
 from ._loop import batch_indices as batch_indices

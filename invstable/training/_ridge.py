@@ -21,6 +21,7 @@ from torch import nn
 
 from .._files import atomic_write
 from ..nn._ridge import ConvexRidgeRegularizer
+from ._curves import write_curve
 
 RIDGE_CHECKPOINT = "invstable.ridge-checkpoint/1"
 
@@ -232,35 +233,13 @@ def save_universal(model: RidgeDenoiser, record: dict, path: str | Path, *, over
 
 def write_learning_curve(record: dict, path: str | Path) -> Path:
     """The learning curve as JSON and, beside it, a PNG (validation denoising PSNR against steps and seconds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
     payload = {"what": "universal convex ridge regulariser, trained as a denoiser on 40x40 patches",
                "device": record.get("device"), "threads": record.get("threads"), "recipe": record.get("recipe"),
                "config": record["config"], "curve": record["curve"]}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [c["step"] for c in record["curve"]]
-    secs = [c["seconds"] for c in record["curve"]]
-    for level in record["curve"][0]["validation_psnr"]:
-        vals = [c["validation_psnr"][level] for c in record["curve"]]
-        axes[0].plot(steps, vals, label=f"sigma = {level}/255")
-        axes[1].plot(secs, vals, label=f"sigma = {level}/255")
-    axes[0].set_xlabel("training steps")
-    axes[1].set_xlabel(f"seconds ({record.get('device')}, {record.get('threads')} threads)")
-    for ax in axes:
-        ax.set_ylabel("validation denoising PSNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("universal regulariser: learning curve")
-    fig.tight_layout()
-    png = path.with_suffix(".png")
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
-    return path
+    levels = list(record["curve"][0]["validation_psnr"])
+    return write_curve(path, payload, title="universal regulariser: learning curve",
+                       ylabel="validation denoising PSNR (dB)",
+                       series={f"sigma = {lv}/255": (lambda c, lv=lv: c["validation_psnr"][lv]) for lv in levels})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -510,29 +489,9 @@ def save_task_ridge(model, record: dict, path: str | Path, *, overwrite: bool = 
 def write_task_ridge_curve(record: dict, path: str | Path, *, name: str) -> Path:
     """The learning curve of :func:`finetune_ridge` as JSON and, beside it, a PNG (validation PSNR of the task
     against steps and seconds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
     task = record["config"]["task"]
     payload = {"what": f"{name}: the universal regulariser fine-tuned on {task} through the minimiser",
                "device": record.get("device"), "threads": record.get("threads"), "recipe": record.get("recipe"),
                "config": record["config"], "curve": record["curve"]}
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    vals = [c["validation_psnr"] for c in record["curve"]]
-    axes[0].plot([c["step"] for c in record["curve"]], vals, marker="o")
-    axes[1].plot([c["seconds"] for c in record["curve"]], vals, marker="o")
-    axes[0].set_xlabel("training steps")
-    axes[1].set_xlabel(f"seconds ({record.get('device')}, {record.get('threads')} threads)")
-    for ax in axes:
-        ax.set_ylabel(f"validation PSNR, {record['validation_images']} images (dB)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{name}: learning curve on {task}")
-    fig.tight_layout()
-    png = path.with_suffix(".png")
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
-    return path
+    return write_curve(path, payload, title=f"{name}: learning curve on {task}",
+                       ylabel=f"validation PSNR, {record['validation_images']} images (dB)")
