@@ -7,7 +7,7 @@ so that a later session continues it with --resume), then writes the model file 
 and its learning curve (benchmarks/results/training-<name>.json and .png).
 
 Usage:
-    python scripts/train_task_ridge.py --task blur-g2 --steps 1500 [--until 800] [--resume] [--threads 1]
+    python scripts/train_task_ridge.py --task blur-g2 --steps 800 [--until 800] [--resume] [--threads 1]
 """
 
 from __future__ import annotations

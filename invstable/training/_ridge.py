@@ -263,10 +263,10 @@ class TaskRidgeConfig:
     patch: int = 40
     pool: int = 512
     batch_size: int = 8
-    steps: int = 1500
-    lr: float = 3e-4
-    lr_spline: float = 3e-3
-    lr_weights: float = 1e-2
+    steps: int = 800
+    lr: float = 1e-4
+    lr_spline: float = 1e-3
+    lr_weights: float = 2e-3
     final_lr_ratio: float = 0.1
     tol: float = 1e-3
     derivative_tol: float = 1e-3
@@ -317,14 +317,9 @@ def minimiser_loss(model, x: torch.Tensor, y: torch.Tensor, log_lam: torch.Tenso
     ``lam`` and ``scale`` are ``exp(log_lam)``, ``exp(log_scale)``) against ``x``; its implicit gradient is
     accumulated into the ``.grad`` of the regulariser's weights, ``log_lam`` and ``log_scale``.
 
-    With :math:`v` solving :math:`PHPv = P
-abla_{\hat x}\ell` (``H`` the Hessian at :math:`\hat x`, ``P`` the
-    pixels off the box), :math:`
-abla_	heta \ell = -
-abla_	heta\langle v, \lambda
-abla R_{\mu,	heta}(\hat x)
-    
-angle` at fixed :math:`\hat x` and :math:`v` (derivation: docs/universal.md). Returns ``(loss, x_hat, info)``.
+    With :math:`v` solving :math:`PHPv = P\nabla_{\hat x}\ell` (``H`` the Hessian at :math:`\hat x`, ``P`` the
+    pixels off the box), :math:`\nabla_\theta \ell = -\nabla_\theta\langle v, \lambda\nabla R_{\mu,\theta}(\hat x)
+    \rangle` at fixed :math:`\hat x` and :math:`v` (derivation: docs/universal.md). Returns ``(loss, x_hat, info)``.
     """
     model.lam, model.scale = float(log_lam.detach().exp()), float(log_scale.detach().exp())
     x_hat, info = model.solve(y, x0=x0)
