@@ -29,15 +29,22 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the checkpoint (same recipe)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pool", type=int, default=TaskRidgeConfig.pool, help="training patches (each keeps its minimiser)")
+    p.add_argument("--lr-weights", type=float, default=TaskRidgeConfig.lr_weights, help="learning rate of log lam, log mu")
+    p.add_argument("--validate-every", type=int, default=TaskRidgeConfig.validate_every)
+    p.add_argument("--name", default=None, help="model name (default: blur-ridge for blur-g2): the file, checkpoint "
+                                                "and curve are named after it")
     args = p.parse_args(argv)
-    name = NAMES[args.task]
-    config = TaskRidgeConfig(task=args.task, steps=args.steps)
+    name = args.name or NAMES[args.task]
+    config = TaskRidgeConfig(task=args.task, steps=args.steps, pool=args.pool, lr_weights=args.lr_weights,
+                             validate_every=args.validate_every)
     model, record = finetune_ridge(config, checkpoint=ROOT / "checkpoints" / name / "checkpoint.pt",
                                    resume=args.resume, threads=args.threads, until=args.until)
     if record["steps"] < config.steps:
         print(f"stopped at step {record['steps']} of {config.steps}; continue with --resume")
         return 0
-    record["recipe"] = f"python scripts/train_task_ridge.py --task {args.task} --steps {args.steps}"
+    record["recipe"] = (f"python scripts/train_task_ridge.py --task {args.task} --steps {args.steps} --pool {args.pool} "
+                        f"--lr-weights {args.lr_weights:g} --validate-every {args.validate_every}")
     out = ROOT / "invstable" / "models" / "pretrained" / f"{name}.safetensors"
     save_task_ridge(model, record, out, overwrite=args.overwrite)
     curve = write_task_ridge_curve(record, ROOT / "benchmarks" / "results" / f"training-{name}.json", name=name)

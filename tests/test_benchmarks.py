@@ -113,7 +113,11 @@ def test_quality_resume_keeps_tasks_of_the_same_size_only(results, monkeypatch):
                                                                         if k != "measured_at"}
     with __import__("numpy").load(results / "quality_panels.npz", allow_pickle=False) as z:
         assert f"{TASK}/truth" in z.files and f"{TASK}/method/ct30-gradflow" in z.files
-    # named models (here the deepinv peer) are measured into a task tuned otherwise: kept, and marked so
+    # named models (here the deepinv peer) are measured into a task tuned otherwise: kept, and marked so; a
+    # sentinel in the kept peer row shows that the row is measured again, not carried over
+    stored = json.loads((results / "quality.json").read_text())
+    next(r for r in stored["tasks"][0]["rows"] if r["kind"] == "peer")["psnr_mean"] = -1.0
+    (results / "quality.json").write_text(json.dumps(stored))
     payload = quality.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, n_val=3, n_test=2, resume=True,
                           models=["peer"], log=lambda *_: None, reference_dir=RESULTS)
     assert calls == [TASK]
@@ -122,6 +126,7 @@ def test_quality_resume_keeps_tasks_of_the_same_size_only(results, monkeypatch):
         _report.quality_section(payload, ".", results))
     peer_row = next(r for r in task["rows"] if r["kind"] == "peer")
     assert peer_row["measured_at"] == payload["environment"]["git_commit"] and peer_row["steps"] > 0
+    assert peer_row["psnr_mean"] > 0  # the sentinel is gone: measured again
 
 
 #: every method of the stability run but the universal regulariser (minutes per search step on CT-30: its own
@@ -162,6 +167,12 @@ def test_stability_resume_keeps_measured_methods(results, monkeypatch):
                             methods=["ct30-gradflow"])
     assert calls == [] and {m["method"] for m in payload["tasks"][0]["methods"]} == set(SMOKE_METHODS)
     assert "--methods ct30-gradflow" in payload["command"]
+    # another task alone: the task of the earlier run is kept as it was
+    other = stability.run(quick=True, tasks=("blur-g2",), results_dir=results, threads=2, images=1, steps=2,
+                          restarts=1, etas=[0.05], validation=2, resume=True, log=lambda *_: None,
+                          methods=["Tikhonov (identity, validation alpha)"])
+    assert [t["task"] for t in other["tasks"]] == [TASK, "blur-g2"]
+    assert other["tasks"][0]["methods"] == payload["tasks"][0]["methods"]
     with pytest.raises(ValueError, match=r"no method \['nope'\] in the stability protocol of ct-30"):
         stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2, restarts=1,
                       etas=[0.05], validation=2, resume=True, log=lambda *_: None, methods=["nope"])

@@ -100,3 +100,17 @@ def test_finetune_keeps_the_bound_resumes_exactly_and_writes_a_loadable_file(tmp
 def test_finetune_refuses_a_task_that_is_not_shift_invariant():
     with pytest.raises(ValueError, match="shift-invariant"):
         finetune_ridge(_tiny(task="ct-30"), log=lambda *_: None)
+
+
+def test_the_shipped_blur_ridge_is_certified_with_its_own_preset_and_served_to_the_benchmarks():
+    from invstable.evaluation import _methods
+
+    info = invstable.models.model_info("blur-ridge")
+    assert info["task"] == "blur-g2" and info["certified"] and "train_task_ridge.py" in info["recipe"]
+    assert info["lipschitz_bound"] == {"blur-g2": pytest.approx(10.0)}
+    model = invstable.load_model("blur-ridge", operator=invstable.data.task("blur-g2").operator)
+    assert model.lipschitz_bound() == pytest.approx(10.0) and model.info["preset"] == "blur-g2"
+    (method,) = _methods.learned("blur-g2", ["blur-ridge"])
+    assert method.name == "blur-ridge" and method.bound_kind == "certified" and method.warm is not None
+    assert method.bound() == pytest.approx(10.0)
+    assert _methods.learned("ct-30", ["blur-ridge"]) == []  # fine-tuned for Blur-G2 only

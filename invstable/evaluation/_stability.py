@@ -357,7 +357,8 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
     the size of ``quick``). ``reference_dir``: earlier results to reuse (the quality run's tuning, the deepinv
     peer's weights). ``command``: the command line recorded in the JSON (default: the source checkout's
     ``python -m benchmarks.stability ...`` equivalent). ``methods``: run only these (by name; with ``resume``,
-    the others measured earlier with the same settings are kept)."""
+    the others measured earlier with the same settings are kept). With ``resume``, the tasks of the earlier run
+    that are not in ``tasks`` are kept as they were."""
     unknown = sorted(set(overrides) - set(PROTOCOL))
     if unknown:
         raise TypeError(f"unknown stability settings {unknown}; the settings are {sorted(PROTOCOL)}")
@@ -374,9 +375,10 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
                "settings": settings, "protocol_settings": PROTOCOL, "methods": methods, "complete": False,
                "tasks": []}
     results = []
+    kept = [t for name, t in previous.items() if name not in tasks]  # a resumed run keeps the tasks it skips
 
     def save(partial):
-        payload["tasks"] = [_public(r) for r in results] + ([] if partial is None else [_public(partial)])
+        payload["tasks"] = kept + [_public(r) for r in results] + ([] if partial is None else [_public(partial)])
         write_result("stability", payload, results_dir=folder)
 
     for t in tasks:
@@ -386,7 +388,7 @@ def run(*, quick: bool, results_dir: str | Path, tasks=("ct-30", "blur-g2"), thr
         save(None)
     payload["complete"] = True
     save(None)
-    _figure(results, folder)
+    _figure(kept + results, folder)
     for r in results:
         if any(r.get("_pictures", {}).values()):
             stability_task_figure(_public(r), r["_pictures"], folder / f"stability_{r['task']}.png")
