@@ -156,10 +156,13 @@ def test_stability_smoke(results):
 
 def test_stability_resume_keeps_measured_methods(results, monkeypatch):
     # same settings as the smoke run: nothing is measured again
-    calls = []
+    calls, tunings = [], []
     monkeypatch.setattr(_stability, "evaluate_method", lambda *a, **k: calls.append(a[0].name))
+    real_baselines = _stability.baselines
+    monkeypatch.setattr(_stability, "baselines", lambda *a, **k: tunings.append(k["n_val"]) or real_baselines(*a, **k))
     stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2, restarts=1,
                   etas=[0.05], validation=2, resume=True, log=lambda *_: None, methods=SMOKE_METHODS)
+    assert tunings == [0]  # no baseline is measured again: their weights are not tuned again either
     assert calls == []
     # one method named: the others measured with these settings are kept, nothing else is run
     payload = stability.run(quick=True, tasks=(TASK,), results_dir=results, threads=2, images=1, steps=2,
@@ -168,6 +171,7 @@ def test_stability_resume_keeps_measured_methods(results, monkeypatch):
     assert calls == [] and {m["method"] for m in payload["tasks"][0]["methods"]} == set(SMOKE_METHODS)
     assert "--methods ct30-gradflow" in payload["command"]
     # another task alone: the task of the earlier run is kept as it was
+    monkeypatch.undo()
     other = stability.run(quick=True, tasks=("blur-g2",), results_dir=results, threads=2, images=1, steps=2,
                           restarts=1, etas=[0.05], validation=2, resume=True, log=lambda *_: None,
                           methods=["Tikhonov (identity, validation alpha)"])

@@ -162,15 +162,24 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
     spec = get_task(name)
     x, y, _ = pairs(spec.pairs("test"), settings["images"])
     chosen = methods
-    found, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
-                              reference_dir=reference_dir)
+    done = {r["method"]: r for r in (previous or {}).get("methods", []) if r.get("settings") == settings}
+    # the baselines' weights are tuned (minutes for TV) only when a baseline is measured in this run
+    found, tuning = baselines(name, n_val=0, quick=quick, exact_bounds=False)
     methods = _protocol_methods(name, found, reference_dir)
+    names = [m.name for m in methods]
     if chosen is not None:
-        names = [m.name for m in methods]
         unknown = sorted(set(chosen) - set(names))
         if unknown:
             raise ValueError(f"no method {unknown} in the stability protocol of {name}; its methods are {names}")
-    done = {r["method"]: r for r in (previous or {}).get("methods", []) if r.get("settings") == settings}
+    measured = {n for n in (names if chosen is None else chosen) if n not in done}
+    if any(n.startswith("TV") for n in measured):
+        measured.add(TRANSFER_SOURCE)
+    if measured & {m.name for m in found} or previous is None or "tuning" not in previous:
+        found, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
+                                  reference_dir=reference_dir)
+        methods = _protocol_methods(name, found, reference_dir)
+    else:
+        tuning = previous["tuning"]  # every baseline is kept: so is the tuning its rows were measured with
     if chosen is not None:  # the others: kept when measured earlier with these settings, else left out
         wanted = set(chosen) | ({TRANSFER_SOURCE} if any(n.startswith("TV") for n in chosen) else set())
         methods = [m for m in methods if m.name in wanted or m.name in done]
