@@ -16,6 +16,8 @@ def test_demo_prints_a_table_and_writes_a_png(tmp_path, capsys):
     for method in ("FBP (ramp)", "FBP (Hann)", "Tikhonov (identity)", "Tikhonov (gradient)"):
         assert method in printed
     assert "ct-30" in printed and "blur-g2" in printed
+    rows = [line.split()[:2] for line in printed.splitlines() if "blur-ridge" in line]
+    assert rows == [["blur-g2", "blur-ridge"]]  # fine-tuned for Blur-G2: run on that task only
     assert str(out) in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["demo.png"]  # no temporary file left behind

@@ -422,6 +422,9 @@ def certified_section(folder: Path, rel: str) -> list[str]:
     other = [(path, r) for path, r in curves if "schedule_steps" not in r and r.get("curve")]
     if other:
         lines += ["### Other learning curves: the deepinv peers and the fine-tuned regulariser", "",
+                  "`peer-TASK` is the shipped peer; `peer-TASK-dDfF` is a sizing trial (a DnCNN of depth D with F "
+                  "features, trained for about the shipped peer's seconds; the benchmarks use whichever of them is "
+                  "better on validation).", "",
                   "| curve | what | steps | best validation PSNR (step) | seconds (device, threads) |",
                   "|---|---|---|---|---|"]
         for path, r in other:
