@@ -16,7 +16,8 @@ at every validation and at the end of a run, so a run split over sessions follow
 Sizing (PROTOCOLS.md asks for the largest peer that the budget trains well): on CT-30 a DnCNN of depth 7 with 24
 features (26 509 weights, 3.2 s per step on one quiet thread) trained for the same compute (1 500 steps, cosine
 schedule; ``python -m benchmarks.peer --task ct-30 --depth 7 --features 24 --steps 1500``) reached 28.89 dB on the
-validation images, against 29.85 dB for depth 5 and 16 features at 3 300 steps: at this budget the smaller
+validation images (in 5 891 s on a core shared with two other runs), against 29.85 dB for depth 5 and 16
+features at 3 300 steps: at this budget the smaller
 DnCNN is the stronger peer, and stays (curve: ``benchmarks/results/training-peer-ct-30-d7f24.png``).
 
 Nothing here is written by hand that deepinv already does; this module only trains, stores and loads it.

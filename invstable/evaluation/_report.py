@@ -423,8 +423,8 @@ def certified_section(folder: Path, rel: str) -> list[str]:
     if other:
         lines += ["### Other learning curves: the deepinv peers and the fine-tuned regulariser", "",
                   "`peer-TASK` is the shipped peer; `peer-TASK-dDfF` is a sizing trial (a DnCNN of depth D with F "
-                  "features, trained for about the shipped peer's seconds; the benchmarks use whichever of them is "
-                  "better on validation).", "",
+                  "features, trained for about the shipped peer's compute). The peer shipped, and used by every benchmark, "
+                  "is the better of them on validation.", "",
                   "| curve | what | steps | best validation PSNR (step) | seconds (device, threads) |",
                   "|---|---|---|---|---|"]
         for path, r in other:
