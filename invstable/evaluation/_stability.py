@@ -340,7 +340,7 @@ def _figure(results: list[dict], folder: Path) -> None:
     fig.tight_layout()
     fig.savefig(folder / "stability.png", dpi=110)
     plt.close(fig)
-    examples = [r for r in results if r["_examples"]]
+    examples = [r for r in results if r.get("_examples")]  # kept tasks (an earlier run) have no pictures
     if not examples:
         return
     n = 1 + max(len(r["_examples"]) for r in examples)
