@@ -17,7 +17,6 @@ The checkpoint (``checkpoints/peer-<task>/checkpoint.pt``, under 1 MB) is rewrit
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from benchmarks._common import RESULTS, ROOT

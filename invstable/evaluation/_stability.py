@@ -154,6 +154,11 @@ def _settings(quick: bool, overrides: dict) -> dict:
     return s
 
 
+def _with_source(names: set) -> set:
+    """``names`` and, when TV is among them, the method whose perturbations TV's transfer attack reuses."""
+    return names | {TRANSFER_SOURCE} if any(n.startswith("TV") for n in names) else names
+
+
 def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: dict | None = None, on_method=None,
                   log=print, reference_dir: str | Path | None = None, methods: list[str] | None = None) -> dict:
     """Every method of the stability protocol on the first ``settings["images"]`` test images of ``name``;
@@ -171,9 +176,7 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
         unknown = sorted(set(chosen) - set(names))
         if unknown:
             raise ValueError(f"no method {unknown} in the stability protocol of {name}; its methods are {names}")
-    measured = {n for n in (names if chosen is None else chosen) if n not in done}
-    if any(n.startswith("TV") for n in measured):
-        measured.add(TRANSFER_SOURCE)
+    measured = _with_source({n for n in (names if chosen is None else chosen) if n not in done})
     if measured & {m.name for m in found} or previous is None or "tuning" not in previous:
         found, tuning = baselines(name, n_val=settings["validation"], quick=quick, exact_bounds=not quick,
                                   reference_dir=reference_dir)
@@ -181,7 +184,7 @@ def evaluate_task(name: str, settings: dict, *, quick: bool = False, previous: d
     else:
         tuning = previous["tuning"]  # every baseline is kept: so is the tuning its rows were measured with
     if chosen is not None:  # the others: kept when measured earlier with these settings, else left out
-        wanted = set(chosen) | ({TRANSFER_SOURCE} if any(n.startswith("TV") for n in chosen) else set())
+        wanted = _with_source(set(chosen))
         methods = [m for m in methods if m.name in wanted or m.name in done]
     result = {"task": name, "images": int(len(x)), "tuning": tuning, "methods": [], "_examples": {},
               "_pictures": {}, "_truth": x[0, 0].numpy()}

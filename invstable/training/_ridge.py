@@ -22,6 +22,7 @@ from torch import nn
 from .._files import atomic_write
 from ..nn._ridge import ConvexRidgeRegularizer
 from ._curves import write_curve
+from ._loop import psnr
 
 RIDGE_CHECKPOINT = "invstable.ridge-checkpoint/1"
 
@@ -134,8 +135,33 @@ def validate(model: RidgeDenoiser, val: torch.Tensor) -> dict:
     return out
 
 
-def _lr_factor(config: RidgeConfig, step: int) -> float:
+def _lr_factor(config, step: int) -> float:
     return config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+
+
+def _adam(regularizer: ConvexRidgeRegularizer, weights: list, config) -> torch.optim.Adam:
+    """Adam on the filters (``config.lr``), the activations (``lr_spline``) and the scalar ``weights``
+    (``lr_weights``): the groups both ridge recipes train."""
+    return torch.optim.Adam([
+        {"params": list(regularizer.kernels.parameters()), "lr": config.lr},
+        {"params": [regularizer.activation.raw_slopes], "lr": config.lr_spline},
+        {"params": weights, "lr": config.lr_weights},
+    ])
+
+
+def _open_checkpoint(path: Path | None, *, resume: bool, fmt: str, config) -> dict | None:
+    """The state of the checkpoint at ``path`` to resume (None when there is none yet); an existing one without
+    ``resume``, or one of another format or configuration, is refused."""
+    if path is None or not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"checkpoint {str(path)!r} exists; pass resume=True (--resume) to continue it, or "
+                              "choose another path")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != fmt or json.loads(state["config"]) != config.to_dict():
+        raise ValueError(f"checkpoint {str(path)!r} was made with another configuration; resume needs the same "
+                         "recipe (or start a new checkpoint)")
+    return state
 
 
 def train_ridge(config: RidgeConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
@@ -150,23 +176,13 @@ def train_ridge(config: RidgeConfig, *, checkpoint: str | Path | None = None, re
     if threads:
         torch.set_num_threads(threads)
     model = RidgeDenoiser(config)
-    opt = torch.optim.Adam([
-        {"params": list(model.regularizer.kernels.parameters()), "lr": config.lr},
-        {"params": [model.regularizer.activation.raw_slopes], "lr": config.lr_spline},
-        {"params": [model.log_lam, model.log_mu], "lr": config.lr_weights},
-    ])
+    opt = _adam(model.regularizer, [model.log_lam, model.log_mu], config)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(config.seed)
     curve, step, elapsed = [], 0, 0.0
     path = None if checkpoint is None else Path(checkpoint)
-    if path is not None and path.exists():
-        if not resume:
-            raise FileExistsError(f"checkpoint {str(path)!r} exists; pass resume=True (--resume) to continue it, or "
-                                  "choose another path")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != RIDGE_CHECKPOINT or json.loads(state["config"]) != config.to_dict():
-            raise ValueError(f"checkpoint {str(path)!r} was made with another configuration; resume needs the same "
-                             "recipe (or start a new checkpoint)")
+    state = _open_checkpoint(path, resume=resume, fmt=RIDGE_CHECKPOINT, config=config)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
@@ -294,19 +310,11 @@ def _task_problem(config: TaskRidgeConfig):
 
 
 def _start_model(config: TaskRidgeConfig, operator):
-    from ..models._io import load_regularizer
-    from ..models._pretrained import _pretrained_path
-    from ..models._variational import VariationalInverse
+    """The start model with its preset for the task (lam, scale, reference, box) and ``m`` held at the budget."""
+    from ..models import load_model
 
-    reg, extra = load_regularizer(_pretrained_path(config.start))
-    preset = extra.get("presets", {}).get(config.task)
-    if preset is None:
-        raise ValueError(f"the start model {config.start!r} has no preset for {config.task!r} to start lam and "
-                         f"scale from; its presets: {sorted(extra.get('presets', {}))}")
     m = 1.0 / (4.0 * config.max_lipschitz ** 2)
-    model = VariationalInverse(reg, operator, lam=preset["lam"], scale=preset["scale"], strong_convexity=m,
-                               reference=float(preset.get("reference", 0.0)),
-                               bounds=tuple(preset.get("bounds", (0.0, 1.0))), tol=config.tol)
+    model = load_model(config.start, operator=operator, preset=config.task, strong_convexity=m, tol=config.tol)
     model.derivative_tol = config.derivative_tol
     return model
 
@@ -356,34 +364,24 @@ def finetune_ridge(config: TaskRidgeConfig, *, checkpoint: str | Path | None = N
     reg = model.regularizer.requires_grad_(True)
     log_lam = nn.Parameter(torch.tensor(math.log(model.lam)))
     log_scale = nn.Parameter(torch.tensor(math.log(model.scale)))
-    opt = torch.optim.Adam([
-        {"params": list(reg.kernels.parameters()), "lr": config.lr},
-        {"params": [reg.activation.raw_slopes], "lr": config.lr_spline},
-        {"params": [log_lam, log_scale], "lr": config.lr_weights},
-    ])
+    opt = _adam(reg, [log_lam, log_scale], config)
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(config.seed)
     crops = ImageCrops(TRAIN_IMAGES, size=config.patch, count=config.pool, seed=config.seed, region="train")
     x_pool = torch.stack([crops[i] for i in range(len(crops))]).float()
     y_pool, _ = spec.noise(op.A(x_pool), rng=torch.Generator().manual_seed(config.seed + 1))
-    start_pool = y_pool.clamp(*model.bounds) if model.bounds is not None else y_pool.clone()
+    start_pool = model._project(y_pool.clone())  # updated in place: never an alias of y_pool
     val = spec.pairs("validation")
     n_val = min(config.validation_images, len(val))
     x_val = torch.stack([val[i][0] for i in range(n_val)])
     y_val = torch.stack([val[i][1] for i in range(n_val)])
     full = _start_model(config, spec.operator)  # the task's operator: validation and the returned model
     full.regularizer = reg
-    val_start = [None]  # each validation starts from the last one's minimisers (the score moves within tol)
+    val_start = None  # each validation starts from the last one's minimisers (the score moves within tol)
     curve, step, elapsed, best = [], 0, 0.0, {"psnr": -math.inf, "step": 0, "state": None}
     path = None if checkpoint is None else Path(checkpoint)
-    if path is not None and path.exists():
-        if not resume:
-            raise FileExistsError(f"checkpoint {str(path)!r} exists; pass resume=True (--resume) to continue it, or "
-                                  "choose another path")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != TASK_RIDGE_CHECKPOINT or json.loads(state["config"]) != config.to_dict():
-            raise ValueError(f"checkpoint {str(path)!r} was made with another configuration; resume needs the same "
-                             "recipe (or start a new checkpoint)")
+    state = _open_checkpoint(path, resume=resume, fmt=TASK_RIDGE_CHECKPOINT, config=config)
+    if state is not None:
         reg.load_state_dict(state["regularizer"])
         with torch.no_grad():
             log_lam.copy_(state["log_lam"])
@@ -391,7 +389,7 @@ def finetune_ridge(config: TaskRidgeConfig, *, checkpoint: str | Path | None = N
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start_pool = state["start_pool"]
-        val_start[0] = state.get("validation_start")
+        val_start = state.get("validation_start")
         step, elapsed, curve = int(state["step"]), float(state["seconds"]), json.loads(state["curve"])
         best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
         log(f"resumed at step {step} ({elapsed:.0f} s)")
@@ -400,14 +398,13 @@ def finetune_ridge(config: TaskRidgeConfig, *, checkpoint: str | Path | None = N
         return {"lam": float(log_lam.detach().exp()), "scale": float(log_scale.detach().exp())}
 
     def validate():
-        full.lam, full.scale = settings()["lam"], settings()["scale"]
+        nonlocal val_start
+        full.lam, full.scale = settings().values()
+        batches = range(0, n_val, 8)
+        starts = val_start or [None] * len(batches)
         with torch.no_grad():
-            starts = val_start[0] if val_start[0] is not None else [None] * len(range(0, n_val, 8))
-            out = [full.solve(y_val[i:i + 8], x0=s)[0] for i, s in zip(range(0, n_val, 8), starts)]
-        val_start[0] = out
-        out = torch.cat(out)
-        mse = (out - x_val).pow(2).flatten(1).mean(1)
-        return float((10 * torch.log10(1 / mse)).mean())
+            val_start = [full.solve(y_val[i:i + 8], x0=x0)[0] for i, x0 in zip(batches, starts)]
+        return float(psnr(torch.cat(val_start), x_val).mean())
 
     def snapshot():
         return {**{k: v.detach().clone() for k, v in reg.state_dict().items()},
@@ -419,7 +416,7 @@ def finetune_ridge(config: TaskRidgeConfig, *, checkpoint: str | Path | None = N
         state = {"format": TASK_RIDGE_CHECKPOINT, "config": json.dumps(config.to_dict()),
                  "regularizer": reg.state_dict(), "log_lam": log_lam.detach(), "log_scale": log_scale.detach(),
                  "optimizer": opt.state_dict(), "generator": gen.get_state(), "start_pool": start_pool,
-                 "validation_start": val_start[0],
+                 "validation_start": val_start,
                  "step": step, "seconds": elapsed, "curve": json.dumps(curve), "best_psnr": best["psnr"],
                  "best_step": best["step"], "best_state": best["state"]}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -434,8 +431,7 @@ def finetune_ridge(config: TaskRidgeConfig, *, checkpoint: str | Path | None = N
         idx = torch.randint(0, len(x_pool), (config.batch_size,), generator=gen)
         x, y = x_pool[idx], y_pool[idx]
         for g, base in zip(opt.param_groups, base_lrs):
-            g["lr"] = base * (config.final_lr_ratio + (1 - config.final_lr_ratio)
-                              * 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+            g["lr"] = base * _lr_factor(config, step)
         opt.zero_grad(set_to_none=True)
         loss, x_hat, info = minimiser_loss(model, x, y, log_lam, log_scale, x0=start_pool[idx],
                                            derivative_tol=config.derivative_tol)
